@@ -1,0 +1,3 @@
+from portal_boot.cli import main
+
+main()

@@ -1,0 +1,150 @@
+"""The boot API: one function per command, over a :class:`Settings`.
+
+``run`` chains verify -> install -> wait-db -> migrate -> serve, each step logged
+with its duration. Heavy modules are imported inside the functions that need
+them, so a command pays only for what it uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
+
+from portal_boot.logs import step
+from portal_boot.settings import Settings
+
+if TYPE_CHECKING:
+    from portal_boot.plugins import Plugin
+    from portal_boot.status import Report
+
+log = logging.getLogger("portal_boot")
+
+
+def _nothing_to_install(settings: Settings) -> bool:
+    if settings.wheel_dir is None and not settings.requirements:
+        log.info(
+            "no plugins configured (neither --wheel-dir / PORTAL_BOOT_WHEEL_DIR nor "
+            "--requirement / PORTAL_BOOT_REQUIREMENTS): nothing to verify or install"
+        )
+        return True
+    return False
+
+
+def _warn_if_unsigned(settings: Settings) -> None:
+    if settings.signatures == "off":
+        log.warning(
+            "SIGNATURE CHECKING IS OFF (--signatures / PORTAL_BOOT_SIGNATURES=off): plugin "
+            "wheels are installed without verifying who built them"
+        )
+
+
+def verify(settings: Settings) -> None:
+    """Check every wheel's signature; install nothing. Raises SignatureError."""
+    if _nothing_to_install(settings):
+        return
+    _warn_if_unsigned(settings)
+    from portal_boot import install as installer
+
+    installer.verify(settings)
+
+
+def install(settings: Settings) -> None:
+    """Verify, then install into a fresh generation of the target.
+    Raises SignatureError or InstallError; the previous generation stays in use."""
+    if _nothing_to_install(settings):
+        return
+    _warn_if_unsigned(settings)
+    from portal_boot import install as installer
+
+    installer.install(settings)
+
+
+def sync_url(settings: Settings) -> str:
+    """The sync URL for Alembic. Raises UsageError when missing or malformed."""
+    from portal_boot.dburl import to_sync_url
+
+    return to_sync_url(settings.require_database_url())
+
+
+def db_url(settings: Settings) -> str:
+    """The sync URL, password masked."""
+    from portal_boot.dburl import mask, parse
+
+    return mask(parse(sync_url(settings)))
+
+
+def wait_db(settings: Settings) -> None:
+    """Wait until the database answers. Raises DatabaseError or UsageError."""
+    from portal_boot.wait import wait_for_database
+
+    wait_for_database(sync_url(settings), timeout=settings.db_timeout)
+
+
+def enabled_plugins(settings: Settings) -> list[Plugin]:
+    """The installed plugins that ENABLED_PLUGINS selects (all when it is empty)."""
+    from portal_boot.plugins import discover, select
+
+    if not settings.target.exists():
+        return select([], settings.enabled_plugins)
+    return select(discover([settings.target], settings.entry_point_group), settings.enabled_plugins)
+
+
+def migrate(settings: Settings, *, sql: bool = False, to: str | None = None) -> None:
+    """Wait for the database (unless only printing SQL), then apply core and plugin
+    migrations under the cross-replica lock. Raises MigrationError, LockTimeout,
+    DatabaseError."""
+    from portal_boot import migrations
+
+    plugins = enabled_plugins(settings)
+    url = sync_url(settings)
+    if not sql:
+        wait_db(settings)
+    migrations.upgrade(settings, plugins, url=url, sql=sql, to=to)
+
+
+def serve(
+    settings: Settings, *, uvicorn_args: Sequence[str] = (), wait_for_migrations: bool = False
+) -> NoReturn:
+    """Exec uvicorn with the installed plugins importable. Never returns."""
+    from portal_boot import serve as server
+
+    if wait_for_migrations:
+        from portal_boot import migrations
+
+        with step("wait-for-migrations"):
+            wait_db(settings)
+            migrations.wait_until_at_heads(
+                settings, enabled_plugins(settings), url=sync_url(settings)
+            )
+    server.exec_uvicorn(settings, uvicorn_args)
+
+
+def run(settings: Settings, *, uvicorn_args: Sequence[str] = ()) -> NoReturn:
+    """verify -> install -> wait-db -> migrate -> serve."""
+    started = time.monotonic()
+    # Fail on a missing or malformed URL before doing any work.
+    sync_url(settings)
+    with step("install"):
+        install(settings)
+    with step("wait-db"):
+        wait_db(settings)
+    if settings.auto_migrate:
+        with step("migrate"):
+            migrate(settings)
+    else:
+        log.info("migrate: skipped (AUTO_RUN_PLUGIN_MIGRATIONS=false)")
+    log.info(
+        "boot: ready in %d ms, starting uvicorn",
+        round((time.monotonic() - started) * 1000),
+        extra={"step": "boot", "event": "summary"},
+    )
+    serve(settings, uvicorn_args=uvicorn_args)
+
+
+def status(settings: Settings) -> Report:
+    """What is there and what is pending."""
+    from portal_boot.status import collect
+
+    return collect(settings)

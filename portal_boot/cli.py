@@ -1,0 +1,239 @@
+"""The command line: parse, build the settings once, call the boot API, map errors to exits.
+
+This is the only module that exits. Every failure ends with one line on stderr,
+``portal-boot: <Kind>: <what failed and what to change>``; a traceback only at
+``--log-level debug``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from portal_boot import __version__, logs
+from portal_boot.errors import BootError, Terminated, UsageError
+from portal_boot.settings import Settings, resolve
+
+log = logging.getLogger("portal_boot")
+
+
+def _common_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The SPEC's options, accepted after every command name. No defaults here:
+    :func:`portal_boot.settings.resolve` applies flag > environment > default."""
+    options = [
+        click.option("--database-url", help="Database URL, async or sync driver. [PORTAL_BOOT_DATABASE_URL, DATABASE_URL, DATABASE_URL_ASYNC, *_FILE]"),
+        click.option("--wheel-dir", help="Folder of signed plugin wheels (air-gapped). [PORTAL_BOOT_WHEEL_DIR]"),
+        click.option("--requirement", "requirements", multiple=True, help="Pinned requirement to fetch from an index; repeatable. [PORTAL_BOOT_REQUIREMENTS]"),
+        click.option("--target", help="Where plugins are installed. [PORTAL_BOOT_TARGET]"),
+        click.option("--trusted-keys", help="File or folder of ASCII-armored public keys. [PORTAL_BOOT_TRUSTED_KEYS]"),
+        click.option("--trusted-fingerprint", "trusted_fingerprints", multiple=True, help="Allowed full key fingerprint; repeatable. [PORTAL_BOOT_TRUSTED_FINGERPRINTS]"),
+        click.option("--signatures", help="require (default) or off. [PORTAL_BOOT_SIGNATURES]"),
+        click.option("--alembic-config", help="The application's alembic.ini. [PORTAL_BOOT_ALEMBIC_CONFIG]"),
+        click.option("--migrations-mode", help="locations (default), link or copy. [PORTAL_BOOT_MIGRATIONS_MODE]"),
+        click.option("--entry-point-group", help="Plugin entry-point group. [PORTAL_BOOT_ENTRY_POINT_GROUP]"),
+        click.option("--enabled-plugins", help="Comma-separated plugin names; empty means all. [ENABLED_PLUGINS]"),
+        click.option("--auto-migrate/--no-auto-migrate", default=None, help="Whether run migrates. [AUTO_RUN_PLUGIN_MIGRATIONS]"),
+        click.option("--db-timeout", help="Seconds to wait for the database (60). [PORTAL_BOOT_DB_TIMEOUT]"),
+        click.option("--lock-timeout", help="Seconds to wait for the migration lock (300). [PORTAL_BOOT_LOCK_TIMEOUT]"),
+        click.option("--app", help="ASGI app (app.main:app). [PORTAL_BOOT_APP]"),
+        click.option("--host", help="Listen address (0.0.0.0). [PORTAL_BOOT_HOST]"),
+        click.option("--port", help="Listen port (8000). [PORTAL_BOOT_PORT]"),
+        click.option("--log-format", help="text (default) or json. [PORTAL_BOOT_LOG_FORMAT]"),
+        click.option("--log-level", help="debug, info (default), warning, error. [PORTAL_BOOT_LOG_LEVEL]"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> Any:
+        flag_names = {
+            "database_url", "wheel_dir", "requirements", "target", "trusted_keys",
+            "trusted_fingerprints", "signatures", "alembic_config", "migrations_mode",
+            "entry_point_group", "enabled_plugins", "auto_migrate", "db_timeout",
+            "lock_timeout", "app", "host", "port", "log_format", "log_level",
+        }  # fmt: skip
+        flags = {name: kwargs.pop(name) for name in flag_names}
+        settings = _settings(flags)
+        return func(settings, **kwargs)
+
+    return wrapper
+
+
+def _settings(flags: dict[str, Any]) -> Settings:
+    settings = resolve(flags, os.environ)
+    logs.configure(settings.log_format, settings.log_level)
+    _current["settings"] = settings
+    if settings.database_url:
+        from portal_boot.dburl import password_of
+
+        logs.add_secret(password_of(settings.database_url))
+    for name, source in settings.sources.items():
+        if source != "default":
+            log.debug("setting %s from %s", name, source)
+    return settings
+
+
+_current: dict[str, Settings] = {}
+
+_uvicorn_args = click.argument("uvicorn_args", nargs=-1, type=click.UNPROCESSED)
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="portal-boot")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Boot a plugin-extensible ASGI backend: verify signed plugin wheels, install
+    them, wait for the database, migrate core and plugins once, exec uvicorn.
+
+    With no command, does `run`. Every option is also an environment variable
+    (shown in brackets); a flag wins over the environment.
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(run)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@_common_options
+@_uvicorn_args
+def run(settings: Settings, uvicorn_args: tuple[str, ...] = ()) -> None:
+    """verify, install, wait-db, migrate, then exec uvicorn (args after -- go to uvicorn)."""
+    from portal_boot import boot
+
+    boot.run(settings, uvicorn_args=uvicorn_args)
+
+
+@cli.command()
+@_common_options
+def verify(settings: Settings) -> None:
+    """Check every wheel's signature; installs nothing."""
+    from portal_boot import boot
+
+    boot.verify(settings)
+
+
+@cli.command()
+@_common_options
+def install(settings: Settings) -> None:
+    """Verify, then install the plugin wheels into the target."""
+    from portal_boot import boot
+
+    boot.install(settings)
+
+
+@cli.command("wait-db")
+@_common_options
+def wait_db(settings: Settings) -> None:
+    """Wait until the database answers SELECT 1."""
+    from portal_boot import boot
+
+    boot.wait_db(settings)
+
+
+@cli.command()
+@_common_options
+@click.option("--sql", is_flag=True, help="Print the SQL; apply nothing.")
+@click.option("--to", "to", metavar="REV", help="Upgrade or downgrade to REV (e.g. s3_plugin@base).")
+def migrate(settings: Settings, sql: bool, to: str | None) -> None:
+    """Wait for the database, then apply core and plugin migrations under a lock."""
+    from portal_boot import boot
+
+    boot.migrate(settings, sql=sql, to=to)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@_common_options
+@click.option("--wait-for-migrations", is_flag=True, help="First wait until the database is at the heads.")
+@_uvicorn_args
+def serve(settings: Settings, wait_for_migrations: bool, uvicorn_args: tuple[str, ...] = ()) -> None:
+    """Exec uvicorn with the installed plugins importable (args after -- go to uvicorn)."""
+    from portal_boot import boot
+
+    boot.serve(settings, uvicorn_args=uvicorn_args, wait_for_migrations=wait_for_migrations)
+
+
+@cli.command()
+@_common_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(settings: Settings, as_json: bool) -> None:
+    """Show wheels, plugins, database and revisions; exit 0 only if nothing is pending."""
+    from portal_boot import boot
+
+    report = boot.status(settings)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        click.echo(report.as_text())
+    if report.pending:
+        raise _Pending()
+
+
+@cli.command("db-url")
+@_common_options
+def db_url(settings: Settings) -> None:
+    """Print the sync URL Alembic will use, password masked as ***."""
+    from portal_boot import boot
+
+    click.echo(boot.db_url(settings))
+
+
+class _Pending(Exception):
+    """status found something pending: exit 1 after printing, without an error line."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _fail(exc: BaseException, code: int, kind: str) -> int:
+    settings = _current.get("settings")
+    debug = settings is not None and settings.log_level == "debug"
+    if debug and not isinstance(exc, Terminated):
+        sys.stderr.write(logs.scrub("".join(traceback.format_exception(exc))))
+    line = logs.scrub(f"portal-boot: {kind}: {exc}")
+    if settings is not None and settings.log_format == "json":
+        line = json.dumps({"level": "error", "message": line, "status": code})
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    return code
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        cli.main(args=argv, prog_name="portal-boot", standalone_mode=False)
+        code = 0
+    except Terminated as exc:
+        code = _fail(exc, exc.exit_code, "stopped")
+    except BootError as exc:
+        code = _fail(exc, exc.exit_code, type(exc).__name__)
+    except _Pending:
+        code = 1
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        code = _fail(KeyboardInterrupt("interrupted"), 130, "stopped")
+    except click.ClickException as exc:
+        hint = f" (see {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) else ""
+        code = _fail(UsageError(f"{exc.format_message()}{hint}"), 2, "UsageError")
+    except KeyboardInterrupt:
+        code = _fail(KeyboardInterrupt("interrupted"), 130, "stopped")
+    except Exception as exc:  # a bug: say so in one line, traceback at debug level
+        code = _fail(
+            exc,
+            1,
+            f"internal error ({type(exc).__name__}; rerun with --log-level debug for the "
+            "traceback and please report it)",
+        )
+    sys.stdout.flush()
+    # os._exit would skip flushing; sys.exit is fine here, this is the CLI layer.
+    sys.exit(code)

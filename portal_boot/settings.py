@@ -1,0 +1,278 @@
+"""One frozen settings object, built once from flags > environment > defaults.
+
+:func:`resolve` is a pure function of the parsed flags and an environment mapping.
+It returns the settings and, for every option, where its value came from, so the
+boot can log "db_timeout=5 (from PORTAL_BOOT_DB_TIMEOUT)". After it, no module
+reads ``os.environ``: children get ``settings.environ`` (a copy) explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from portal_boot.errors import UsageError
+
+DEFAULT_ENTRY_POINT_GROUP = "data_product_portal.plugins"
+DEFAULT_TARGET = "/var/lib/portal-boot/plugins"
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    wheel_dir: Path | None = None
+    requirements: tuple[str, ...] = ()
+    target: Path = Path(DEFAULT_TARGET)
+    trusted_keys: Path | None = None
+    trusted_fingerprints: tuple[str, ...] = ()
+    signatures: str = "require"
+    alembic_config: Path = Path("alembic.ini")
+    migrations_mode: str = "locations"
+    entry_point_group: str = DEFAULT_ENTRY_POINT_GROUP
+    db_timeout: float = 60.0
+    lock_timeout: float = 300.0
+    app: str = "app.main:app"
+    host: str = "0.0.0.0"
+    port: int = 8000
+    log_format: str = "text"
+    log_level: str = "info"
+    enabled_plugins: tuple[str, ...] = ()
+    auto_migrate: bool = True
+    # A frozen copy of the environment the process started with; the only
+    # environment children (pip, gpg, uvicorn) are ever given, after filtering.
+    environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    sources: Mapping[str, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise UsageError(
+                "no database URL: pass --database-url or set PORTAL_BOOT_DATABASE_URL "
+                "(or DATABASE_URL / DATABASE_URL_FILE)"
+            )
+        return self.database_url
+
+
+# --- value parsers: each takes the raw string and the name to blame ---------------
+
+
+def _text(raw: str, where: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise UsageError(f"{where} is empty: give it a value or unset it")
+    return value
+
+
+def _path(raw: str, where: str) -> Path:
+    return Path(_text(raw, where)).expanduser()
+
+
+def _bool(raw: str, where: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise UsageError(f"{where}={raw!r} is not a boolean: use true/false, 1/0 or yes/no")
+
+
+def _list(raw: str, where: str) -> tuple[str, ...]:
+    # Commas with optional spaces; newlines too, as the guides' ConfigMaps write lists.
+    items = [item.strip() for item in raw.replace("\n", ",").split(",")]
+    return tuple(item for item in items if item)
+
+
+def _seconds(raw: str, where: str) -> float:
+    try:
+        value = float(_text(raw, where))
+    except ValueError:
+        raise UsageError(f"{where}={raw!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise UsageError(f"{where}={raw!r} must be a positive number of seconds")
+    return value
+
+
+def _port(raw: str, where: str) -> int:
+    try:
+        value = int(_text(raw, where))
+    except ValueError:
+        raise UsageError(f"{where}={raw!r} is not a port number") from None
+    if not 0 < value < 65536:
+        raise UsageError(f"{where}={raw!r} is not a port number (1-65535)")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str, str], str]:
+    def parse(raw: str, where: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise UsageError(f"{where}={raw!r} is not one of: {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _fingerprints(raw: str, where: str) -> tuple[str, ...]:
+    out = []
+    for item in _list(raw, where):
+        fpr = item.replace(" ", "").upper()
+        if len(fpr) != 40 or any(c not in "0123456789ABCDEF" for c in fpr):
+            raise UsageError(
+                f"{where}: {item!r} is not a full 40-hex-digit fingerprint "
+                "(gpg --with-colons --fingerprint shows it)"
+            )
+        out.append(fpr)
+    return tuple(out)
+
+
+def _log_level(raw: str, where: str) -> str:
+    return _choice("debug", "info", "warning", "error", "critical")(raw, where)
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    name: str  # the Settings field
+    flag: str
+    envvars: tuple[str, ...]  # in precedence order
+    parse: Callable[[str, str], Any]
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "database_url",
+        "--database-url",
+        ("PORTAL_BOOT_DATABASE_URL", "DATABASE_URL", "DATABASE_URL_ASYNC"),
+        _text,
+    ),
+    Option("wheel_dir", "--wheel-dir", ("PORTAL_BOOT_WHEEL_DIR",), _path),
+    Option("requirements", "--requirement", ("PORTAL_BOOT_REQUIREMENTS",), _list),
+    Option("target", "--target", ("PORTAL_BOOT_TARGET",), _path),
+    Option("trusted_keys", "--trusted-keys", ("PORTAL_BOOT_TRUSTED_KEYS",), _path),
+    Option(
+        "trusted_fingerprints",
+        "--trusted-fingerprint",
+        ("PORTAL_BOOT_TRUSTED_FINGERPRINTS",),
+        _fingerprints,
+    ),
+    Option("signatures", "--signatures", ("PORTAL_BOOT_SIGNATURES",), _choice("require", "off")),
+    Option("alembic_config", "--alembic-config", ("PORTAL_BOOT_ALEMBIC_CONFIG",), _path),
+    Option(
+        "migrations_mode",
+        "--migrations-mode",
+        ("PORTAL_BOOT_MIGRATIONS_MODE",),
+        _choice("locations", "link", "copy"),
+    ),
+    Option(
+        "entry_point_group", "--entry-point-group", ("PORTAL_BOOT_ENTRY_POINT_GROUP",), _text
+    ),
+    Option("db_timeout", "--db-timeout", ("PORTAL_BOOT_DB_TIMEOUT",), _seconds),
+    Option("lock_timeout", "--lock-timeout", ("PORTAL_BOOT_LOCK_TIMEOUT",), _seconds),
+    Option("app", "--app", ("PORTAL_BOOT_APP",), _text),
+    Option("host", "--host", ("PORTAL_BOOT_HOST",), _text),
+    Option("port", "--port", ("PORTAL_BOOT_PORT",), _port),
+    Option("log_format", "--log-format", ("PORTAL_BOOT_LOG_FORMAT",), _choice("text", "json")),
+    Option("log_level", "--log-level", ("PORTAL_BOOT_LOG_LEVEL",), _log_level),
+    Option(
+        "enabled_plugins",
+        "--enabled-plugins",
+        ("PORTAL_BOOT_ENABLED_PLUGINS", "ENABLED_PLUGINS"),
+        _list,
+    ),
+    Option(
+        "auto_migrate",
+        "--auto-migrate",
+        ("PORTAL_BOOT_AUTO_MIGRATE", "AUTO_RUN_PLUGIN_MIGRATIONS"),
+        _bool,
+    ),
+)
+
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+def _describe(option: Option) -> str:
+    return f"{option.flag} or {option.envvars[0]}"
+
+
+def _read_env(option: Option, environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """The raw value and its source from the first variable (or its ``_FILE``) that is set."""
+    for var in option.envvars:
+        file_var = f"{var}_FILE"
+        direct, via_file = environ.get(var), environ.get(file_var)
+        if direct is not None and via_file is not None:
+            raise UsageError(f"both {var} and {file_var} are set: unset one of them")
+        if direct is not None:
+            return direct, var
+        if via_file is not None:
+            path = Path(via_file)
+            try:
+                content = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise UsageError(
+                    f"{file_var}={via_file}: cannot read the file ({exc.strerror or exc})"
+                ) from None
+            # Secrets files usually end with a newline; a value never does.
+            return content.strip(), file_var
+    return None
+
+
+def resolve(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    """Build the settings: a flag (not ``None``) wins over the environment, which wins
+    over the default.
+
+    ``flags`` maps Settings field names to the values click parsed (strings, or tuples
+    for repeatable flags). Raises :class:`UsageError` naming the flag and variable.
+    """
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for option in OPTIONS:
+        flag_value = flags.get(option.name)
+        if isinstance(flag_value, tuple) and not flag_value:
+            flag_value = None
+        if flag_value is not None:
+            where = option.flag
+            if isinstance(flag_value, tuple):
+                values[option.name] = option.parse(",".join(flag_value), where)
+            elif isinstance(flag_value, str):
+                values[option.name] = option.parse(flag_value, where)
+            else:
+                values[option.name] = flag_value
+            sources[option.name] = where
+            continue
+        found = _read_env(option, environ)
+        if found is not None:
+            raw, var = found
+            values[option.name] = option.parse(raw, var)
+            sources[option.name] = var
+        else:
+            sources[option.name] = "default"
+    settings = Settings(
+        **values,
+        environ=MappingProxyType(dict(environ)),
+        sources=MappingProxyType(sources),
+    )
+    _check_consistency(settings)
+    return settings
+
+
+def _check_consistency(settings: Settings) -> None:
+    if settings.wheel_dir is not None and settings.requirements:
+        raise UsageError(
+            "both a wheel folder (--wheel-dir / PORTAL_BOOT_WHEEL_DIR) and requirements "
+            "(--requirement / PORTAL_BOOT_REQUIREMENTS) are set: an air-gapped folder and "
+            "an index are exclusive, unset one of them"
+        )
+    if settings.trusted_fingerprints and settings.signatures == "off":
+        raise UsageError(
+            "--trusted-fingerprint / PORTAL_BOOT_TRUSTED_FINGERPRINTS is set but signatures "
+            "are off (--signatures / PORTAL_BOOT_SIGNATURES): remove one of them"
+        )
+
+
+def describe(name: str) -> str:
+    """``--flag or VARIABLE`` for an option, for error messages."""
+    return _describe(OPTIONS_BY_NAME[name])
