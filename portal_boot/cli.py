@@ -164,7 +164,8 @@ def serve(settings: Settings, wait_for_migrations: bool, uvicorn_args: tuple[str
 @_common_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(settings: Settings, as_json: bool) -> None:
-    """Show wheels, plugins, database and revisions; exit 0 only if nothing is pending."""
+    """Show wheels, plugins, database and revisions; exit 0 only if nothing is pending
+    (else 3 bad signature, 4 install pending, 5 database unreachable, 6 migrations pending)."""
     from portal_boot import boot
 
     report = boot.status(settings)
@@ -173,7 +174,7 @@ def status(settings: Settings, as_json: bool) -> None:
     else:
         click.echo(report.as_text())
     if report.pending:
-        raise _Pending()
+        raise _Pending(report.exit_code)
 
 
 @cli.command("db-url")
@@ -186,7 +187,12 @@ def db_url(settings: Settings) -> None:
 
 
 class _Pending(Exception):
-    """status found something pending: exit 1 after printing, without an error line."""
+    """status found something pending: exit with the status of the step that would
+    act on it (3 signatures, 4 install, 5 database, 6 migrations), no error line."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(exit_code)
+        self.exit_code = exit_code
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -216,8 +222,8 @@ def main(argv: list[str] | None = None) -> None:
         code = _fail(exc, exc.exit_code, "stopped")
     except BootError as exc:
         code = _fail(exc, exc.exit_code, type(exc).__name__)
-    except _Pending:
-        code = 1
+    except _Pending as exc:
+        code = exc.exit_code
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.exceptions.Abort:

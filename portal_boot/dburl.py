@@ -52,7 +52,7 @@ def parse(url: str) -> URL:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url.strip())
+        return make_url(url)
     except (ArgumentError, ValueError, TypeError):
         # The message of make_url quotes the whole URL, password included.
         raise UsageError(

@@ -1,0 +1,72 @@
+"""The last step: replace portal-boot with uvicorn (``exec``), so uvicorn receives
+the container's signals directly and becomes the main process.
+
+uvicorn runs through :mod:`portal_boot.launch`, which appends the plugin target to
+``sys.path`` *after* the image's site-packages: the image's own packages win over
+same-named packages from the target, and the plugins' entry points are
+discoverable by ``importlib.metadata``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from portal_boot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def uvicorn_argv(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
+    """The command line portal-boot execs. Arguments after ``--`` come last, so a
+    ``--port`` given there wins over portal-boot's own."""
+    return [
+        sys.executable,
+        "-m",
+        "portal_boot.launch",
+        str(settings.target),
+        settings.app,
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+        *extra,
+    ]
+
+
+def _reap_children() -> None:
+    """As PID 1 (no init process), collect any exited child before the exec."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def exec_uvicorn(settings: Settings, extra: Sequence[str] = ()) -> NoReturn:
+    """Exec uvicorn with ``settings.app`` on ``settings.host:port``. Never returns.
+
+    portal-boot's own database connections are closed by the steps that opened
+    them; Python's descriptors are not inherited across exec (PEP 446), so none
+    can leak into the server.
+    """
+    argv = uvicorn_argv(settings, extra)
+    log.info(
+        "serve: exec uvicorn %s on %s:%d (plugins from %s)",
+        settings.app,
+        settings.host,
+        settings.port,
+        settings.target,
+        extra={"step": "serve", "event": "exec"},
+    )
+    _reap_children()
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], argv, dict(settings.environ))

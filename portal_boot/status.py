@@ -1,0 +1,160 @@
+"""``portal-boot status``: what is there and what is pending, for people and machines.
+
+Collecting never raises for a problem it can report (an unreachable database is a
+line in the report, not a crash); the report's ``exit_code`` is 0 only when
+nothing is pending, else the status of the step that would act on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from portal_boot.errors import BootError
+from portal_boot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Report:
+    wheels: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    plugins: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    generation: str | None = None
+    install_pending: bool = False
+    database: dict[str, Any] = dataclasses.field(default_factory=dict)
+    revisions: dict[str, Any] = dataclasses.field(default_factory=dict)
+    problems: list[str] = dataclasses.field(default_factory=list)
+    exit_code: int = 0
+
+    @property
+    def pending(self) -> bool:
+        return self.exit_code != 0
+
+    def _flag(self, code: int, problem: str) -> None:
+        self.problems.append(problem)
+        # The first problem in pipeline order decides the status.
+        if self.exit_code == 0:
+            self.exit_code = code
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["pending"] = self.pending
+        return data
+
+    def as_text(self) -> str:
+        out = ["wheels:"]
+        out += [f"  {w['file']}: {w['state']}" + (f" ({w['signer']})" if w.get("signer") else "") for w in self.wheels] or ["  none configured"]
+        out.append(f"installed plugins (generation {self.generation or 'none'}):")
+        out += [
+            f"  {p['name']} = {p['value']} ({p['distribution']} {p['version']})"
+            + (", migrations" if p["migrations"] else "")
+            + ("" if p["enabled"] else ", disabled")
+            for p in self.plugins
+        ] or ["  none"]
+        db = self.database
+        if db:
+            state = "reachable" if db.get("reachable") else f"NOT reachable ({db.get('error')})"
+            out.append(f"database: {db.get('url')} {state}")
+        rev = self.revisions
+        if rev:
+            out.append(f"revisions: current {', '.join(rev.get('current') or ['none'])}")
+            out.append(f"           heads   {', '.join(rev.get('heads') or ['none'])}")
+            if rev.get("pending"):
+                out.append(f"           pending {', '.join(rev['pending'])}")
+        if self.problems:
+            out.append("pending:")
+            out += [f"  - {p}" for p in self.problems]
+        else:
+            out.append("nothing pending")
+        return "\n".join(out)
+
+
+def _wheels(settings: Settings, report: Report) -> None:
+    if settings.wheel_dir is None:
+        return
+    from portal_boot import install
+
+    try:
+        states = install.wheel_states(settings)
+    except BootError as exc:
+        report._flag(exc.exit_code, str(exc))
+        return
+    for path, signer, state in states:
+        report.wheels.append({"file": path.name, "state": state, "signer": signer})
+        if state != "valid" and settings.signatures == "require":
+            report._flag(3, f"{path.name}: {state}")
+    if install.is_pending(settings):
+        report.install_pending = True
+        report._flag(4, "the wheel folder differs from the installed generation: run portal-boot install")
+
+
+def _plugins(settings: Settings, report: Report) -> list[Any]:
+    from portal_boot import install
+    from portal_boot.plugins import discover, select
+
+    generation = install.current_generation(settings.target)
+    report.generation = generation.name if generation else None
+    found = discover([settings.target], settings.entry_point_group) if settings.target.exists() else []
+    try:
+        enabled = select(found, settings.enabled_plugins)
+    except BootError as exc:
+        report._flag(exc.exit_code, str(exc))
+        enabled = []
+    for plugin in found:
+        report.plugins.append(
+            {
+                "name": plugin.name,
+                "value": plugin.value,
+                "distribution": plugin.distribution,
+                "version": plugin.version,
+                "migrations": str(plugin.migrations_dir) if plugin.migrations_dir else None,
+                "enabled": plugin in enabled,
+            }
+        )
+    return enabled
+
+
+def _database(settings: Settings, report: Report, plugins: list[Any]) -> None:
+    if not settings.database_url:
+        return
+    from portal_boot import migrations
+    from portal_boot.dburl import mask, parse, to_sync_url
+    from portal_boot.wait import wait_for_database
+
+    try:
+        url = to_sync_url(settings.database_url)
+    except BootError as exc:
+        report._flag(exc.exit_code, str(exc))
+        return
+    report.database = {"url": mask(parse(url)), "reachable": False, "error": None}
+    try:
+        # One short look, not the boot's full wait: status answers now.
+        wait_for_database(url, timeout=min(settings.db_timeout, 3.0))
+    except BootError as exc:
+        report.database["error"] = str(exc)
+        report._flag(exc.exit_code, f"database not reachable: {exc}")
+        return
+    report.database["reachable"] = True
+    try:
+        state = migrations.revision_state(settings, plugins, url=url)
+    except BootError as exc:
+        report._flag(exc.exit_code, str(exc))
+        return
+    report.revisions = {
+        "current": sorted(state.current),
+        "heads": sorted(state.heads),
+        "pending": list(state.pending),
+    }
+    if state.pending:
+        report._flag(6, f"{len(state.pending)} migration(s) to apply: run portal-boot migrate")
+
+
+def collect(settings: Settings) -> Report:
+    """Gather the report. Raises only on a usage error that makes it meaningless."""
+    report = Report()
+    _wheels(settings, report)
+    plugins = _plugins(settings, report)
+    _database(settings, report, plugins)
+    return report
