@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import gpgkeys  # noqa: E402
 from pgserver import LocalCluster, PgServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,3 +59,13 @@ def clean_env() -> dict[str, str]:
     }
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture(scope="session")
+def gpg_keys() -> Iterator[gpgkeys.KeySet]:
+    """Real gpg keys, made once a session: good, other, expired, revoked, subkey."""
+    keys = gpgkeys.KeySet.create()
+    try:
+        yield keys
+    finally:
+        keys.close()

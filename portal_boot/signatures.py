@@ -1,0 +1,371 @@
+"""Verify the detached OpenPGP signatures of plugin wheels against the operator's keys.
+
+A wheel ``X.whl`` is accepted only when ``X.whl.asc`` and/or ``X.whl.sig`` lies beside it
+and, for every signature in every such file, gpg reports a good signature by a key that
+is neither expired nor revoked (nor is its signing subkey), and, when an allow-list is
+given, whose *primary* fingerprint is on it. Anything else fails closed.
+
+The keyring is private and temporary (``/tmp/pbgpg-*``, mode 0700, removed afterwards)
+and holds only the operator's keys: ``--trusted-keys`` is one key file (any name), or a
+folder whose visible ``*.asc``, ``*.gpg``, ``*.pub`` and ``*.key`` files are all imported
+(armored or binary; other files and sub-folders, such as Kubernetes' ``..data``, are
+skipped). A revocation certificate may sit in a file of its own. GnuPG's trust database
+plays no part (``--trust-model always``), so validity is judged here, from gpg's status
+lines, never from python-gnupg's ``status``, which reads "signature valid" for an
+expired or revoked key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import gnupg
+
+from portal_boot import proc
+from portal_boot.errors import SignatureError
+
+log = logging.getLogger(__name__)
+
+KEY_SUFFIXES = (".asc", ".gpg", ".pub", ".key")
+SIGNATURE_SUFFIXES = (".asc", ".sig")
+
+# The states check() reports, one per wheel.
+VALID = "valid"
+MISSING = "missing signature"
+BAD = "bad signature"
+UNKNOWN_KEY = "unknown key"
+EXPIRED_KEY = "expired key"
+REVOKED_KEY = "revoked key"
+EXPIRED_SIGNATURE = "expired signature"
+NOT_ALLOWED = "not on allow-list"
+UNREADABLE = "unreadable"
+NOT_CHECKED = "not checked"  # the keyring could not be set up: no keys, no gpg, ...
+
+_KEYS = "--trusted-keys / PORTAL_BOOT_TRUSTED_KEYS"
+_FPRS = "--trusted-fingerprint / PORTAL_BOOT_TRUSTED_FINGERPRINTS"
+_RESIGN = f"re-sign the wheel with a valid key in {_KEYS}"
+
+# On every call: no trust database, no keyserver, no gpg-agent or dirmngr (checking
+# signatures needs neither, and a started agent would outlive us).
+_GPG_OPTIONS = ["--trust-model", "always", "--no-autostart", "--no-auto-key-retrieve"]
+# Except on import: with "always", gpg 2.2 applies a lone revocation certificate, then
+# dies with "Fatal: can't open trustdb.gpg" before reporting anything.
+_IMPORT_ARGS = ["--trust-model", "pgp"]
+# Key validity letters (gpg --with-colons) that disqualify a signing key.
+_UNUSABLE = {"e": EXPIRED_KEY, "r": REVOKED_KEY, "i": BAD, "d": BAD, "n": BAD}
+# Status keywords that mean something went wrong, whatever else was reported.
+_TROUBLE = ("NODATA", "UNEXPECTED", "FAILURE", "ERROR")
+
+
+@dataclasses.dataclass(frozen=True)
+class Verified:
+    path: Path  # the wheel file that was verified
+    signature: Path  # the .asc or .sig used (the .asc when both were there, and both verified)
+    fingerprint: str  # primary-key fingerprint of the signer (40 hex, upper)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Verdict:
+    wheel: Path
+    state: str
+    signature: Path | None = None
+    fingerprint: str | None = None  # the signer's primary key, when known
+    detail: str = ""  # what happened and what to do, for the error line
+
+
+def verify_files(
+    wheels: Sequence[Path],
+    *,
+    keys: Path | None,
+    fingerprints: Sequence[str] = (),
+    environ: Mapping[str, str],
+) -> list[Verified]:
+    """Verify every wheel; return them with their signers.
+
+    Raises :class:`SignatureError`, one line naming the (first) failing wheel, for a
+    missing, bad or unreadable signature; an unknown, expired, revoked or not allowed
+    key; no usable trusted keys; gpg missing; or any gpg failure.
+    """
+    if not wheels:
+        return []
+    try:
+        verdicts = _judge_all(wheels, keys, fingerprints, environ)
+    except SignatureError as exc:
+        names = Path(wheels[0]).name + (f" and {len(wheels) - 1} more" if wheels[1:] else "")
+        raise SignatureError(f"cannot verify {names}: {exc}") from None
+    failed = [v for v in verdicts if v.state != VALID]
+    if failed:
+        first = failed[0]
+        more = f" ({len(failed) - 1} more failed: see portal-boot status)" if failed[1:] else ""
+        raise SignatureError(f"{first.wheel.name}: {first.state}: {first.detail}{more}")
+    verified = []
+    for v in verdicts:
+        assert v.signature is not None and v.fingerprint is not None  # a VALID verdict has both
+        log.info("verified %s: signed by %s", v.wheel.name, v.fingerprint)
+        verified.append(Verified(v.wheel, v.signature, v.fingerprint))
+    return verified
+
+
+def check(
+    wheels: Sequence[Path],
+    *,
+    keys: Path | None,
+    fingerprints: Sequence[str] = (),
+    environ: Mapping[str, str],
+) -> list[tuple[Path, str | None, str]]:
+    """Each wheel's (path, signer's primary fingerprint or None, state), for ``status``.
+
+    Never raises :class:`SignatureError`. A state is one of this module's constants
+    (``VALID``, ``MISSING``, ``BAD``, ...); every wheel is ``NOT_CHECKED`` when the
+    keyring cannot be set up, and the reason is logged as a warning.
+    """
+    if not wheels:
+        return []
+    try:
+        verdicts = _judge_all(wheels, keys, fingerprints, environ)
+    except SignatureError as exc:
+        log.warning("signatures not checked: %s", exc)
+        return [(Path(w), None, NOT_CHECKED) for w in wheels]
+    return [(v.wheel, v.fingerprint, v.state) for v in verdicts]
+
+
+def _judge_all(
+    wheels: Sequence[Path],
+    keys: Path | None,
+    fingerprints: Sequence[str],
+    environ: Mapping[str, str],
+) -> list[_Verdict]:
+    """One verdict per wheel; raises SignatureError only when the keyring cannot be set up."""
+    with _Keyring.open(keys, fingerprints, environ) as ring:
+        return [ring.judge(Path(wheel)) for wheel in wheels]
+
+
+class _Keyring:
+    def __init__(self, gpg: gnupg.GPG, allowed: frozenset[str]) -> None:
+        self.gpg = gpg
+        self.allowed = allowed
+        self.known: dict[str, tuple[str, str]] = {}  # key or subkey -> (primary, validity)
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(
+        cls, keys: Path | None, fingerprints: Sequence[str], environ: Mapping[str, str]
+    ) -> Iterator[_Keyring]:
+        if keys is None:
+            raise SignatureError(
+                f"no trusted keys: set {_KEYS} to a file or folder of the signers' public "
+                "keys (or, strongly discouraged, turn checks off with --signatures off)"
+            )
+        files = _key_files(Path(keys))
+        search = environ.get("PATH", os.defpath)  # never os.environ: children get `environ`
+        binary = shutil.which("gpg", path=search) or shutil.which("gpg2", path=search)
+        if binary is None:
+            raise SignatureError("gpg not found on PATH: install GnuPG 2 in the image (gpg)")
+        _quiet_gnupg()
+        home = _private_home(environ)
+        env = {**environ, "GNUPGHOME": str(home)}
+        try:
+            try:
+                gpg = gnupg.GPG(
+                    gpgbinary=binary, gnupghome=str(home), env=env, options=_GPG_OPTIONS
+                )
+            except (OSError, ValueError) as exc:
+                raise SignatureError(f"cannot run {binary}: {exc}") from None
+            ring = cls(gpg, frozenset(f.replace(" ", "").upper() for f in fingerprints))
+            ring._load(files)
+            yield ring
+        finally:
+            _remove_home(home, binary, env)
+
+    def _load(self, files: list[Path]) -> None:
+        # gpg drops a revocation certificate whose key is not there yet: retry those files.
+        for path in [p for p in files if not self._import(p)]:
+            if not self._import(path):
+                raise SignatureError(
+                    f"{path} holds no OpenPGP public key: put the signers' public keys "
+                    f"(gpg --armor --export FINGERPRINT) in {_KEYS}"
+                )
+        for key in self.gpg.list_keys():
+            primary = key["fingerprint"]
+            self.known[primary] = (primary, key.get("trust", ""))
+            for sub in (key.get("subkey_info") or {}).values():
+                self.known[sub["fingerprint"]] = (primary, sub.get("trust", ""))
+        primaries = {primary for primary, _ in self.known.values()}
+        if not primaries:
+            raise SignatureError(f"no public key could be imported from {_KEYS}")
+        log.debug("trusted keys: %s", ", ".join(sorted(primaries)))
+        for fpr in sorted(self.allowed - primaries):
+            owner = self.known.get(fpr, (None, ""))[0]
+            hint = f" (a subkey: list its primary {owner} instead)" if owner else ""
+            log.warning("%s is in %s but not among the trusted keys%s", fpr, _FPRS, hint)
+
+    def _import(self, path: Path) -> bool:
+        """Import one key file; False when it held nothing usable (yet)."""
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise SignatureError(f"cannot read key file {path} ({exc.strerror or exc})") from None
+        result = self.gpg.import_keys(data, extra_args=_IMPORT_ARGS)
+        if result.sec_read:
+            raise SignatureError(
+                f"{path} holds a secret key: give {_KEYS} public keys only "
+                "(gpg --armor --export FINGERPRINT) and keep secret keys out of the image"
+            )
+        if result.not_imported:
+            log.warning("%s: %d key(s) could not be imported", path, result.not_imported)
+        log.debug("%s: %d key(s), %d revocation(s)", path, len(result.fingerprints), result.n_revoc)
+        return bool(result.fingerprints or result.n_revoc)
+
+    def judge(self, wheel: Path) -> _Verdict:
+        signatures = [wheel.with_name(wheel.name + s) for s in SIGNATURE_SUFFIXES]
+        signatures = [s for s in signatures if s.exists()]
+        if not signatures:
+            how = f"sign it with a key in {_KEYS} (gpg --armor --detach-sign {wheel.name})"
+            return _Verdict(wheel, MISSING, detail=f"no {wheel.name}.asc or .sig beside it: {how}")
+        try:
+            with wheel.open("rb"):
+                pass
+        except OSError as exc:
+            return _Verdict(wheel, UNREADABLE, detail=f"cannot read it ({exc.strerror or exc})")
+        verdicts = [self._judge_file(wheel, sig) for sig in signatures]
+        return next((v for v in verdicts if v.state != VALID), verdicts[0])
+
+    def _judge_file(self, wheel: Path, sig: Path) -> _Verdict:
+        try:
+            result = self.gpg.verify_file(str(sig), data_filename=str(wheel))
+        except OSError as exc:
+            why = f"cannot read {sig.name} ({exc.strerror or exc})"
+            return _Verdict(wheel, UNREADABLE, sig, detail=why)
+        # Status lines, not python-gnupg's summary, which keeps only the last of them.
+        output = (result.stderr or "").splitlines()
+        lines = [f for f in (ln[9:].split() for ln in output if ln.startswith("[GNUPG:]")) if f]
+        log.debug("gpg --verify %s: %s", sig.name, " | ".join(" ".join(f) for f in lines))
+        groups: list[dict[str, list[str]]] = []  # one per signature in the file
+        for keyword, *fields in lines:
+            if keyword == "NEWSIG":
+                groups.append({})
+            elif groups:
+                groups[-1].setdefault(keyword, fields)
+        if not groups:
+            detail = f"{sig.name} holds no detached OpenPGP signature: {_RESIGN}"
+            return _Verdict(wheel, BAD, sig, detail=detail)
+        signer = None
+        for group in groups:
+            state, fpr, detail = self._judge_signature(sig, group)
+            if state != VALID:
+                return _Verdict(wheel, state, sig, fpr, detail)
+            signer = signer or fpr
+        # Belt and braces: nothing went wrong on the side, and gpg and python-gnupg agree.
+        trouble = next((" ".join(f) for f in lines if f[0] in _TROUBLE), None)
+        if trouble or result.returncode != 0 or not result.valid:
+            why = trouble or f"exit status {result.returncode}"
+            detail = f"gpg did not accept {sig.name} ({why}): {_RESIGN}"
+            return _Verdict(wheel, BAD, sig, signer, detail)
+        return _Verdict(wheel, VALID, sig, signer)
+
+    def _judge_signature(self, sig: Path, g: dict[str, list[str]]) -> tuple[str, str | None, str]:
+        """(state, primary fingerprint, detail) of one signature's status lines."""
+        if "BADSIG" in g:
+            why = "changed after signing, or made for another file"
+            return BAD, None, f"{sig.name} does not match it ({why}): {_RESIGN}"
+        if "ERRSIG" in g:
+            fields = g["ERRSIG"]
+            issuer = fields[6] if len(fields) > 6 else fields[0]
+            if "NO_PUBKEY" in g or fields[5:6] == ["9"]:
+                fix = f"add that public key there, or {_RESIGN}"
+                return UNKNOWN_KEY, None, f"signed by key {issuer}, which is not in {_KEYS}: {fix}"
+            why = f"error {' '.join(fields[5:6])}, e.g. an unsupported algorithm"
+            return BAD, None, f"gpg cannot check {sig.name} ({why}): {_RESIGN}"
+        valid = g.get("VALIDSIG", [])
+        signing = valid[0] if valid else None
+        primary = valid[9] if len(valid) > 9 else signing
+        if primary is None:  # revoked or expired without VALIDSIG: find the key by its id
+            keyid = (g.get("REVKEYSIG") or g.get("EXPKEYSIG") or [""])[0]
+            owners = [p for f, (p, _) in self.known.items() if keyid and f.endswith(keyid)]
+            primary = owners[0] if owners else None
+        if "REVKEYSIG" in g or "KEYREVOKED" in g:
+            return REVOKED_KEY, primary, f"signing key {primary} is revoked: {_RESIGN}"
+        if "EXPKEYSIG" in g or "KEYEXPIRED" in g:
+            fix = f"extend it (gpg --quick-set-expire) and export it to {_KEYS} again, or {_RESIGN}"
+            return EXPIRED_KEY, primary, f"signing key {primary} has expired: {fix}"
+        if "EXPSIG" in g or "SIGEXPIRED" in g:
+            return EXPIRED_SIGNATURE, primary, f"{sig.name} has expired: {_RESIGN}"
+        if "GOODSIG" not in g or signing is None or primary is None:
+            return BAD, primary, f"gpg reported no good signature in {sig.name}: {_RESIGN}"
+        for fpr in dict.fromkeys((signing, primary)):
+            owner, validity = self.known.get(fpr, (None, ""))
+            if owner != primary:  # impossible with a keyring of only these keys: fail closed
+                return UNKNOWN_KEY, None, f"signed by key {signing}, which is not in {_KEYS}"
+            if validity in _UNUSABLE:
+                why = f"signing key {fpr} is not usable (validity {validity})"
+                return _UNUSABLE[validity], primary, f"{why}: {_RESIGN}"
+        if self.allowed and primary not in self.allowed:
+            fix = "add it there, or re-sign the wheel with a listed key"
+            return NOT_ALLOWED, primary, f"signer {primary} is not in {_FPRS}: {fix}"
+        return VALID, primary, ""
+
+
+def _key_files(keys: Path) -> list[Path]:
+    if keys.is_dir():
+        files = sorted(
+            p for p in keys.iterdir()
+            if not p.name.startswith(".") and p.suffix.lower() in KEY_SUFFIXES and p.is_file()
+        )  # fmt: skip
+        if not files:
+            raise SignatureError(
+                f"no key files ({', '.join('*' + s for s in KEY_SUFFIXES)}) in {keys}: export "
+                f"the signers' public keys there, or point {_KEYS} at a key file"
+            )
+        return files
+    if keys.exists():
+        return [keys]
+    raise SignatureError(f"trusted keys {keys} do not exist: fix {_KEYS}")
+
+
+def _private_home(environ: Mapping[str, str]) -> Path:
+    # Short and under /tmp: should gpg ever start an agent, its socket lives here, and
+    # socket paths are limited to ~107 bytes. mkdtemp makes it 0700, as gpg insists.
+    for parent in ("/tmp", environ.get("TMPDIR")):
+        if parent:
+            with contextlib.suppress(OSError):
+                return Path(tempfile.mkdtemp(prefix="pbgpg-", dir=parent))
+    raise SignatureError("cannot create a private keyring folder: make /tmp (or $TMPDIR) writable")
+
+
+def _remove_home(home: Path, binary: str, env: Mapping[str, str]) -> None:
+    gpgconf = shutil.which("gpgconf", path=str(Path(binary).parent)) or shutil.which(
+        "gpgconf", path=env.get("PATH", os.defpath)
+    )
+    if gpgconf:
+        # --no-autostart should leave nothing to stop; make sure nothing outlives us.
+        try:
+            proc.run([gpgconf, "--homedir", home, "--kill", "all"], env=env,
+                     error=SignatureError, what="gpgconf --kill all", check=False)  # fmt: skip
+        except SignatureError as exc:
+            log.debug("%s", exc)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+class _QuietGnupg(logging.Filter):
+    """python-gnupg logs the first 256 bytes of every imported key (and signature) at
+    debug, and key material must never reach the output; it also warns about every
+    non-zero gpg exit, which this module reports better itself."""
+
+    _DROP = ("import_keys: ", "scan_keys: ", "Wrote to temp file: ", "chunk: ",
+             "gpg returned a non-zero error code", "potential problem: ")  # fmt: skip
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self._DROP) and "BEGIN PGP" not in record.getMessage()
+
+
+def _quiet_gnupg() -> None:
+    logger = logging.getLogger("gnupg")  # python-gnupg's module logger
+    if not any(isinstance(f, _QuietGnupg) for f in logger.filters):
+        logger.addFilter(_QuietGnupg())

@@ -1,0 +1,380 @@
+"""Signature verification with real keys, real gpg and real files (see tests/gpgkeys.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import gpgkeys
+import pytest
+
+from portal_boot import signatures
+from portal_boot.errors import SignatureError
+from portal_boot.signatures import Verified, check, verify_files
+
+WHEEL = "demo_plugin-1.0-py3-none-any.whl"
+
+
+@pytest.fixture(scope="session")
+def keyset(gpg_keys: gpgkeys.KeySet) -> gpgkeys.KeySet:
+    return gpg_keys
+
+
+@pytest.fixture
+def env() -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", os.defpath)}
+
+
+@pytest.fixture
+def stage(tmp_path: Path) -> Path:
+    folder = tmp_path / "stage"
+    folder.mkdir()
+    return folder
+
+
+def wheel(stage: Path, name: str = WHEEL, content: bytes | None = None) -> Path:
+    path = stage / name
+    path.write_bytes(content if content is not None else f"pretend wheel {name}\n".encode() * 50)
+    return path
+
+
+def trusted(tmp_path: Path, *keys: gpgkeys.Key) -> Path:
+    return gpgkeys.export_keys(tmp_path / "keys" / "trusted.asc", *keys)
+
+
+def refused(wheels: list[Path], keys: Path | None, env: dict[str, str], *, fingerprints=()) -> str:
+    """Run verify_files expecting a refusal; return the message after checking its form."""
+    with pytest.raises(SignatureError) as caught:
+        verify_files(wheels, keys=keys, fingerprints=fingerprints, environ=env)
+    message = str(caught.value)
+    assert caught.value.exit_code == 3
+    assert "\n" not in message
+    assert "BEGIN PGP" not in message and "END PGP" not in message
+    return message
+
+
+# --- accepted ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("armor", [True, False], ids=["asc", "sig"])
+def test_good_signature(keyset, tmp_path, stage, env, armor):
+    w = wheel(stage)
+    sig = keyset.good.sign(w, armor=armor)
+    assert sig.name == WHEEL + (".asc" if armor else ".sig")
+    result = verify_files([w], keys=trusted(tmp_path, keyset.good), environ=env)
+    assert result == [Verified(path=w, signature=sig, fingerprint=keyset.good.fingerprint)]
+
+
+def test_subkey_signature_reports_the_primary_fingerprint(keyset, tmp_path, stage, env):
+    w = wheel(stage)
+    keyset.subkey.sign(w)
+    assert keyset.subkey.signing_fingerprint != keyset.subkey.fingerprint
+    keys = trusted(tmp_path, keyset.subkey)
+    [result] = verify_files([w], keys=keys, fingerprints=[keyset.subkey.fingerprint], environ=env)
+    assert result.fingerprint == keyset.subkey.fingerprint
+    # The allow-list is of primary fingerprints: listing only the subkey is not enough.
+    message = refused([w], keys, env, fingerprints=[keyset.subkey.signing_fingerprint])
+    assert "not on allow-list" in message
+
+
+def test_allow_list_that_includes_the_signer(keyset, tmp_path, stage, env):
+    w = wheel(stage)
+    keyset.good.sign(w)
+    keys = trusted(tmp_path, keyset.good, keyset.other)
+    allowed = [keyset.other.fingerprint, keyset.good.fingerprint.lower()]
+    [result] = verify_files([w], keys=keys, fingerprints=allowed, environ=env)
+    assert result.fingerprint == keyset.good.fingerprint
+
+
+def test_folder_of_several_keys(keyset, tmp_path, stage, env):
+    folder = tmp_path / "keyring"
+    keyset.good.export(folder / "good.asc")
+    (folder / "other.pub").write_text(keyset.other.public_key())
+    (folder / "README.txt").write_text("not a key, and not a key suffix: skipped\n")
+    (folder / "..data").mkdir()  # what a Kubernetes ConfigMap mount looks like: skipped
+    a, b = wheel(stage, "a-1.0-py3-none-any.whl"), wheel(stage, "b-1.0-py3-none-any.whl")
+    keyset.good.sign(a)
+    keyset.other.sign(b, armor=False)
+    result = verify_files([a, b], keys=folder, environ=env)
+    assert [v.fingerprint for v in result] == [keyset.good.fingerprint, keyset.other.fingerprint]
+
+
+def test_two_good_signatures_in_one_file(keyset, tmp_path, stage, env):
+    w = wheel(stage)
+    first = keyset.good.sign(w, armor=False, output=tmp_path / "1.sig")
+    second = keyset.other.sign(w, armor=False, output=tmp_path / "2.sig")
+    gpgkeys.concat_signatures(stage / f"{WHEEL}.sig", first, second)
+    [result] = verify_files([w], keys=trusted(tmp_path, keyset.good, keyset.other), environ=env)
+    assert result.fingerprint == keyset.good.fingerprint
+
+
+def test_logs_one_line_per_wheel_and_never_key_material(keyset, tmp_path, stage, env, caplog):
+    # python-gnupg logs imported key data at debug; earlier tests may have raised its level.
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="gnupg")
+    w = wheel(stage)
+    keyset.good.sign(w)
+    verify_files([w], keys=trusted(tmp_path, keyset.good), environ=env)
+    ours = [r for r in caplog.records if r.name == signatures.__name__]
+    infos = [r.getMessage() for r in ours if r.levelno == logging.INFO]
+    assert infos == [f"verified {WHEEL}: signed by {keyset.good.fingerprint}"]
+    assert "BEGIN PGP" not in caplog.text
+    assert "gpg returned a non-zero" not in caplog.text
+
+
+def test_no_wheels_needs_nothing(env):
+    assert verify_files([], keys=None, environ=env) == []
+    assert check([], keys=None, environ=env) == []
+
+
+# --- refused -------------------------------------------------------------------------
+
+
+def test_tampered_wheel(keyset, tmp_path, stage, env):
+    w = wheel(stage)
+    keyset.good.sign(w)
+    with w.open("ab") as f:
+        f.write(b"one more byte")
+    message = refused([w], trusted(tmp_path, keyset.good), env)
+    assert message.startswith(f"{WHEEL}: bad signature: ")
+    assert "PORTAL_BOOT_TRUSTED_KEYS" in message
+
+
+def test_signature_of_another_wheel(keyset, tmp_path, stage, env):
+    w, other = wheel(stage), wheel(stage, "other-1.0-py3-none-any.whl")
+    sig = keyset.good.sign(other)
+    shutil.copy(sig, stage / f"{WHEEL}.asc")
+    assert f"{WHEEL}: bad signature" in refused([w, other], trusted(tmp_path, keyset.good), env)
+
+
+def test_inline_signed_message_is_not_a_detached_signature(keyset, tmp_path, stage, env):
+    w, other = wheel(stage), wheel(stage, "other-1.0-py3-none-any.whl")
+    keyset.good.sign(other, armor=False, inline=True, output=stage / f"{WHEEL}.sig")
+    assert "bad signature" in refused([w], trusted(tmp_path, keyset.good), env)
+
+
+def test_missing_signature(keyset, tmp_path, stage, env):
+    w = wheel(stage)
+    message = refused([w], trusted(tmp_path, keyset.good), env)
+    assert message.startswith(f"{WHEEL}: missing signature: ")
+    assert "--trusted-keys / PORTAL_BOOT_TRUSTED_KEYS" in message
+
+
+def test_unknown_key(keyset, tmp_path, stage, env):
+    w = wheel(stage)
+    keyset.other.sign(w)
+    message = refused([w], trusted(tmp_path, keyset.good), env)
+    assert f"{WHEEL}: unknown key: " in message
+    assert keyset.other.fingerprint in message
+
+
+def test_expired_key(keyset, tmp_path, stage, env):
+    w = wheel(stage)
+    keyset.expired.sign(w)  # made in 2020, while the key was still valid
+    message = refused([w], trusted(tmp_path, keyset.expired), env)
+    assert f"{WHEEL}: expired key: " in message and keyset.expired.fingerprint in message
+
+
+def test_expired_signing_subkey(keyset, tmp_path, stage, env):
+    w = wheel(stage)
+    keyset.expired_subkey.sign(w)
+    message = refused([w], trusted(tmp_path, keyset.expired_subkey), env)
+    assert f"{WHEEL}: expired key: " in message
+
+
+def test_revoked_key(keyset, tmp_path, stage, env):
+    w = wheel(stage)
+    keyset.revoked.sign(w)
+    message = refused([w], trusted(tmp_path, keyset.revoked), env)
+    assert f"{WHEEL}: revoked key: " in message and keyset.revoked.fingerprint in message
+
+
+def test_revocation_in_its_own_file_sorted_before_the_key(keyset, tmp_path, stage, env):
+    # gpg drops a revocation whose key is not imported yet; the order must not matter.
+    folder = tmp_path / "keyring"
+    folder.mkdir()
+    (folder / "a-revocation.asc").write_text(keyset.revoked.revocation)
+    (folder / "b-key.asc").write_text(keyset.revoked.public_key(with_revocation=False))
+    w = wheel(stage)
+    keyset.revoked.sign(w)
+    assert "revoked key" in refused([w], folder, env)
+
+
+def test_allow_list_that_excludes_the_signer(keyset, tmp_path, stage, env):
+    w = wheel(stage)
+    keyset.good.sign(w)
+    keys = trusted(tmp_path, keyset.good, keyset.other)
+    message = refused([w], keys, env, fingerprints=[keyset.other.fingerprint])
+    assert f"{WHEEL}: not on allow-list: " in message
+    assert keyset.good.fingerprint in message and "PORTAL_BOOT_TRUSTED_FINGERPRINTS" in message
+
+
+@pytest.mark.parametrize("bad", ["other-file", "unknown-key", "expired-key"])
+def test_one_bad_signature_among_two_refuses(keyset, tmp_path, stage, env, bad):
+    w, other = wheel(stage), wheel(stage, "other-1.0-py3-none-any.whl")
+    good = keyset.good.sign(w, armor=False, output=tmp_path / "good.sig")
+    second = {
+        "other-file": lambda: keyset.good.sign(other, armor=False, output=tmp_path / "x.sig"),
+        "unknown-key": lambda: keyset.other.sign(w, armor=False, output=tmp_path / "x.sig"),
+        "expired-key": lambda: keyset.expired.sign(w, armor=False, output=tmp_path / "x.sig"),
+    }[bad]()
+    for name, order in (("first", (good, second)), ("last", (second, good))):
+        gpgkeys.concat_signatures(stage / f"{WHEEL}.sig", *order)
+        keys = trusted(tmp_path, keyset.good, keyset.expired)
+        message = refused([w], keys, env)
+        assert message.startswith(f"{WHEEL}: "), name
+
+
+def test_both_asc_and_sig_must_verify(keyset, tmp_path, stage, env):
+    w, other = wheel(stage), wheel(stage, "other-1.0-py3-none-any.whl")
+    keyset.good.sign(w)  # a good .asc
+    keyset.good.sign(other, armor=False, output=stage / f"{WHEEL}.sig")  # a bad .sig
+    message = refused([w], trusted(tmp_path, keyset.good), env)
+    assert f"bad signature: {WHEEL}.sig does not match" in message
+
+
+def test_garbage_signature_file(keyset, tmp_path, stage, env):
+    w = wheel(stage)
+    (stage / f"{WHEEL}.asc").write_text("this is not a signature\n")
+    assert "bad signature" in refused([w], trusted(tmp_path, keyset.good), env)
+
+
+def test_unreadable_wheel(keyset, tmp_path, stage, env):
+    w = stage / WHEEL
+    w.mkdir()  # present but not a readable file (chmod does not stop root)
+    (stage / f"{WHEEL}.asc").write_text("irrelevant\n")
+    assert f"{WHEEL}: unreadable: " in refused([w], trusted(tmp_path, keyset.good), env)
+
+
+def test_reports_the_first_failure_and_counts_the_rest(keyset, tmp_path, stage, env):
+    wheels = [wheel(stage, f"p{i}-1.0-py3-none-any.whl") for i in range(3)]
+    keyset.good.sign(wheels[1])
+    message = refused(wheels, trusted(tmp_path, keyset.good), env)
+    assert message.startswith("p0-1.0-py3-none-any.whl: missing signature")
+    assert "1 more failed" in message
+
+
+# --- the keyring itself fails closed ---------------------------------------------------
+
+
+def test_key_file_that_is_not_a_key(keyset, tmp_path, stage, env):
+    w = wheel(stage)
+    keyset.good.sign(w)
+    keys = tmp_path / "keys.asc"
+    keys.write_text("-----BEGIN NOTHING-----\nhello\n")
+    message = refused([w], keys, env)
+    assert "holds no OpenPGP public key" in message and str(keys) in message
+
+
+def test_a_bad_file_in_a_key_folder_fails_the_whole_folder(keyset, tmp_path, stage, env):
+    folder = tmp_path / "keyring"
+    keyset.good.export(folder / "good.asc")
+    (folder / "broken.asc").write_text("garbage\n")
+    w = wheel(stage)
+    keyset.good.sign(w)
+    assert "broken.asc holds no OpenPGP public key" in refused([w], folder, env)
+
+
+def test_secret_key_is_refused(keyset, tmp_path, stage, env):
+    secret = keyset.good.lab.gpg("--armor", "--export-secret-keys", keyset.good.fingerprint).stdout
+    keys = tmp_path / "oops.asc"
+    keys.write_bytes(secret)
+    w = wheel(stage)
+    keyset.good.sign(w)
+    message = refused([w], keys, env)
+    assert "holds a secret key" in message
+
+
+@pytest.mark.parametrize("layout", ["unset", "missing", "empty-folder", "folder-without-keys"])
+def test_no_trusted_keys(tmp_path, stage, env, layout):
+    w = wheel(stage)
+    keys = {"unset": None, "missing": tmp_path / "nope.asc"}.get(layout, tmp_path / "keys")
+    if "folder" in layout:
+        keys.mkdir()
+    if layout == "folder-without-keys":
+        (keys / "notes.txt").write_text("hello\n")
+    message = refused([w], keys, env)
+    assert message.startswith(f"cannot verify {WHEEL}: ")
+    assert "PORTAL_BOOT_TRUSTED_KEYS" in message
+    if layout == "unset":
+        assert "--signatures off" in message
+
+
+def test_gpg_missing_fails_closed(keyset, tmp_path, stage, env):
+    w = wheel(stage)
+    keyset.good.sign(w)
+    message = refused([w], trusted(tmp_path, keyset.good), {"PATH": str(tmp_path / "empty")})
+    assert "gpg not found" in message
+
+
+def test_private_keyring_is_removed(keyset, tmp_path, stage, env, monkeypatch):
+    homes: list[Path] = []
+    real = signatures._private_home
+
+    def spy(environ):
+        homes.append(real(environ))
+        assert oct(homes[-1].stat().st_mode & 0o777) == "0o700"
+        return homes[-1]
+
+    monkeypatch.setattr(signatures, "_private_home", spy)
+    w = wheel(stage)
+    keyset.good.sign(w)
+    verify_files([w], keys=trusted(tmp_path, keyset.good), environ=env)
+    refused([w], trusted(tmp_path, keyset.other), env)
+    assert len(homes) == 2 and not any(h.exists() for h in homes)
+    assert all(len(str(h)) < 40 for h in homes)
+
+
+def test_allow_list_entry_without_key_is_warned_about(keyset, tmp_path, stage, env, caplog):
+    w = wheel(stage)
+    keyset.good.sign(w)
+    verify_files(
+        [w],
+        keys=trusted(tmp_path, keyset.good),
+        fingerprints=[keyset.good.fingerprint, keyset.other.fingerprint],
+        environ=env,
+    )
+    assert f"{keyset.other.fingerprint} is in --trusted-fingerprint" in caplog.text
+
+
+# --- check(): the states for `portal-boot status` --------------------------------------
+
+
+def test_check_states(keyset, tmp_path, stage, env):
+    def signed(name: str, key: gpgkeys.Key | None, *, tamper: bool = False) -> Path:
+        w = wheel(stage, f"{name}-1.0-py3-none-any.whl")
+        if key:
+            key.sign(w)
+        if tamper:
+            w.write_bytes(b"changed")
+        return w
+
+    wheels = {
+        "valid": signed("valid", keyset.good),
+        "missing signature": signed("missing", None),
+        "bad signature": signed("bad", keyset.good, tamper=True),
+        "unknown key": signed("unknown", keyset.other),
+        "expired key": signed("expired", keyset.expired),
+        "revoked key": signed("revoked", keyset.revoked),
+        "not on allow-list": signed("subkey", keyset.subkey),
+    }
+    keys = trusted(tmp_path, keyset.good, keyset.expired, keyset.revoked, keyset.subkey)
+    allowed = [keyset.good.fingerprint, keyset.expired.fingerprint, keyset.revoked.fingerprint]
+    result = check(list(wheels.values()), keys=keys, fingerprints=allowed, environ=env)
+    assert [(path, state) for path, _, state in result] == [(w, s) for s, w in wheels.items()]
+    fingerprints = {state: fpr for _, fpr, state in result}
+    assert fingerprints["valid"] == keyset.good.fingerprint
+    assert fingerprints["expired key"] == keyset.expired.fingerprint
+    assert fingerprints["revoked key"] == keyset.revoked.fingerprint
+    assert fingerprints["not on allow-list"] == keyset.subkey.fingerprint
+    assert fingerprints["missing signature"] is None and fingerprints["unknown key"] is None
+
+
+def test_check_without_gpg_does_not_raise(keyset, tmp_path, stage, caplog):
+    w = wheel(stage)
+    keyset.good.sign(w)
+    result = check([w], keys=trusted(tmp_path, keyset.good), environ={"PATH": str(tmp_path)})
+    assert result == [(w, None, signatures.NOT_CHECKED)]
+    assert "gpg not found" in caplog.text
