@@ -91,15 +91,17 @@ def enabled_plugins(settings: Settings) -> list[Plugin]:
     return select(discover([settings.target], settings.entry_point_group), settings.enabled_plugins)
 
 
-def migrate(settings: Settings, *, sql: bool = False, to: str | None = None) -> None:
-    """Wait for the database (unless only printing SQL), then apply core and plugin
-    migrations under the cross-replica lock. Raises MigrationError, LockTimeout,
-    DatabaseError."""
+def migrate(
+    settings: Settings, *, sql: bool = False, to: str | None = None, wait: bool = True
+) -> None:
+    """Wait for the database (unless only printing SQL, or the caller just did), then
+    apply core and plugin migrations under the cross-replica lock. Raises
+    MigrationError, LockTimeout, DatabaseError."""
     from portal_boot import migrations
 
     plugins = enabled_plugins(settings)
     url = sync_url(settings)
-    if not sql:
+    if wait and not sql:
         wait_db(settings)
     migrations.upgrade(settings, plugins, url=url, sql=sql, to=to)
 
@@ -132,7 +134,7 @@ def run(settings: Settings, *, uvicorn_args: Sequence[str] = ()) -> NoReturn:
         wait_db(settings)
     if settings.auto_migrate:
         with step("migrate"):
-            migrate(settings)
+            migrate(settings, wait=False)
     else:
         log.info("migrate: skipped (AUTO_RUN_PLUGIN_MIGRATIONS=false)")
     log.info(

@@ -241,5 +241,8 @@ def main(argv: list[str] | None = None) -> None:
             "traceback and please report it)",
         )
     sys.stdout.flush()
-    # os._exit would skip flushing; sys.exit is fine here, this is the CLI layer.
-    sys.exit(code)
+    sys.stderr.flush()
+    logging.shutdown()
+    # Interpreter shutdown after importing SQLAlchemy costs 0.1-0.4 s, and everything
+    # is flushed and every step cleaned up in its own finally: leave at once.
+    os._exit(code)

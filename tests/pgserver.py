@@ -51,7 +51,7 @@ def _bindir() -> Path:
     raise RuntimeError("no PostgreSQL binaries found: install postgresql (initdb, postgres)")
 
 
-def _as_postgres(argv: list[str]) -> list[str]:
+def as_postgres(argv: list[str]) -> list[str]:
     if os.geteuid() != 0:
         return argv
     return ["runuser", "-u", "postgres", "--", *argv]
@@ -97,6 +97,8 @@ class LocalCluster:
         self.log = self.base / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._init_data()
+        # The template's password, kept per cluster in case the template is remade.
+        self.password = type(self).password
 
     @classmethod
     def _make_template(cls) -> Path:
@@ -109,7 +111,7 @@ class LocalCluster:
         pwfile.write_text(cls.password + "\n")
         _chown_to_postgres(base)
         subprocess.run(
-            _as_postgres([
+            as_postgres([
                 str(_bindir() / "initdb"), "-D", str(base / "data"), "-U", "postgres",
                 "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync",
                 "--locale=C",
@@ -119,6 +121,12 @@ class LocalCluster:
         pwfile.unlink()
         cls._template = base / "data"
         return cls._template
+
+    @classmethod
+    def remove_template(cls) -> None:
+        if cls._template is not None:
+            shutil.rmtree(cls._template.parent, ignore_errors=True)
+            cls._template = None
 
     def _init_data(self) -> None:
         template = self._make_template()
@@ -135,7 +143,7 @@ class LocalCluster:
             return
         with open(self.log, "ab") as logfile:
             self.process = subprocess.Popen(
-                _as_postgres([
+                as_postgres([
                     str(self.bindir / "postgres"), "-D", str(self.data),
                     "-c", "listen_addresses=127.0.0.1", "-p", str(self.port),
                     "-c", f"unix_socket_directories={self.base}",
@@ -237,6 +245,7 @@ class PgServer:
     def close(self) -> None:
         if self.cluster is not None:
             self.cluster.destroy()
+        LocalCluster.remove_template()
         if self._container is not None:
             with contextlib.suppress(Exception):
                 self._container.stop()
