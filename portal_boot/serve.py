@@ -23,11 +23,16 @@ log = logging.getLogger(__name__)
 def uvicorn_argv(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
     """The command line portal-boot execs. Arguments after ``--`` come last, so a
     ``--port`` given there wins over portal-boot's own."""
+    from portal_boot.generations import current_generation
+
+    # The resolved generation, not the link: a later install switching the link
+    # cannot change a running server's imports halfway through its life.
+    plugin_path = current_generation(settings.target) or settings.target
     return [
         sys.executable,
         "-m",
         "portal_boot.launch",
-        str(settings.target),
+        str(plugin_path),
         settings.app,
         "--host",
         settings.host,
