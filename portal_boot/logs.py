@@ -82,7 +82,9 @@ def configure(log_format: str = "text", level: str = "info") -> None:
     numeric = getattr(logging, level.upper(), logging.INFO)
     root.setLevel(numeric)
     # Libraries chat at info (alembic's "Running upgrade ..." is worth keeping).
-    for noisy in ("sqlalchemy", "gnupg", "urllib3", "filelock", "testcontainers"):
+    for noisy in (
+        "sqlalchemy", "gnupg", "urllib3", "filelock", "testcontainers", "alembic.runtime.plugins",
+    ):  # fmt: skip
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
 
 

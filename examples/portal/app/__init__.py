@@ -1,0 +1,1 @@
+"""The example portal: a minimal stand-in for the Data Product Portal backend."""

@@ -1,0 +1,339 @@
+"""Core and plugin migrations: applied once, under the cross-replica lock.
+
+A run: read the revision files (application + enabled plugins) and check them
+(:mod:`portal_boot.preflight`); read the database's revisions; if anything is
+pending, take the lock (:mod:`portal_boot.lock`), place the plugin files in the
+``link``/``copy`` modes, read the revisions again (a replica that held the lock
+may have done everything), and upgrade to all heads, in one transaction where
+the database and the application's ``env.py`` allow it
+(:mod:`portal_boot.alembic_app`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import random
+import re
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from portal_boot import alembic_app, preflight
+from portal_boot.alembic_app import Project, current_revisions, first_line
+from portal_boot.errors import DatabaseError, MigrationError, UsageError
+from portal_boot.lock import application_name, migration_lock
+from portal_boot.plugins import Plugin
+from portal_boot.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RevisionState:
+    """Where the database is and where the revision files lead."""
+
+    current: tuple[str, ...]  # the rows of the version table
+    heads: tuple[str, ...]
+    pending: tuple[str, ...]  # in the order they would be applied
+
+    @property
+    def at_heads(self) -> bool:
+        return not self.pending
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "current": list(self.current),
+            "heads": list(self.heads),
+            "pending": list(self.pending),
+        }
+
+
+# --- public API ----------------------------------------------------------------
+
+
+def upgrade(
+    settings: Settings,
+    plugins: Sequence[Plugin],
+    *,
+    url: str,
+    sql: bool = False,
+    to: str | None = None,
+) -> None:
+    """Apply the core and plugin migrations: to all heads, or up or down to ``to``.
+
+    With ``sql``, print the SQL on stdout instead (from an empty database, or the
+    ``FROM:TO`` range given as ``to``); no connection is made. Raises UsageError
+    (the Alembic config), MigrationError (a pre-flight check or a failed revision),
+    LockTimeout, DatabaseError.
+    """
+    project = alembic_app.load(settings, plugins)
+    log.info(
+        "%d revision files: the application's and those of %s (--migrations-mode %s)",
+        len(project.files),
+        ", ".join(p.name for p in plugins) or "no plugin",
+        settings.migrations_mode,
+    )
+    if sql:
+        alembic_app.print_sql(project, url, *_sql_command(project, to))
+        return
+    engine = _engine(url)
+    try:
+        with _database_errors(), contextlib.ExitStack() as stack:
+            conn = stack.enter_context(_connect(engine, migrating=True))
+            current = current_revisions(conn)
+            preflight.check_database(project.graph, current, others=project.others)
+            pending_before = project.graph.pending(current)
+            if to is None and not pending_before and alembic_app.files_in_place(project):
+                log.info("database at the heads (%s): nothing to apply", ", ".join(current))
+                return
+            lock_conn = None
+            if engine.dialect.name == "postgresql":
+                lock_conn = stack.enter_context(_connect(engine, autocommit=True))
+            stack.enter_context(
+                migration_lock(lock_conn, engine.url, timeout=settings.lock_timeout)
+            )
+            placed = alembic_app.place_files(project)
+            # Again, now that we hold the lock: a replica that held it before us
+            # may have applied everything.
+            current = current_revisions(conn)
+            preflight.check_database(project.graph, current, others=project.others)
+            if to is None and not project.graph.pending(current):
+                if pending_before:
+                    log.info(
+                        "nothing left to apply: another process brought the database to the heads"
+                    )
+                else:  # the lock was only needed for the versions folder
+                    log.info("database at the heads (%s): nothing to apply", ", ".join(current))
+                return
+            command, target = _command(project, to, current)
+            if not command:
+                log.info(
+                    "the database has %s and nothing after it on its line: nothing to do "
+                    "(revisions of other branches that depend on it are downgraded with "
+                    "--to LABEL@base)",
+                    target,
+                )
+                return
+            alembic_app.run(project, url, conn, command, target, placed=placed)
+            _log_changes(project, current, current_revisions(conn))
+    finally:
+        engine.dispose()
+
+
+def wait_until_at_heads(settings: Settings, plugins: Sequence[Plugin], *, url: str) -> None:
+    """Wait, at most ``settings.db_timeout`` seconds, until the database is at the
+    heads (for replicas that do not migrate themselves). Raises MigrationError on
+    timeout or on a revision no file defines, DatabaseError if the database does
+    not answer, UsageError for the Alembic config."""
+    from sqlalchemy.exc import DBAPIError
+
+    project = alembic_app.load(settings, plugins)
+    engine = _engine(url, purpose="serve")
+    deadline = time.monotonic() + settings.db_timeout
+    next_report = time.monotonic()
+    pause = 0.1
+    try:
+        while True:
+            pending: tuple[str, ...] | None = None
+            problem = ""
+            try:
+                with engine.connect() as conn:
+                    current = current_revisions(conn)
+            except DBAPIError as exc:  # not up yet, or restarting: keep waiting
+                problem = first_line(exc)
+            else:
+                preflight.check_database(project.graph, current, others=project.others)
+                pending = project.graph.pending(current)
+            if pending == ():
+                log.info("database at the heads (%s)", ", ".join(project.graph.heads))
+                return
+            now = time.monotonic()
+            if now >= deadline:
+                if pending is None:
+                    raise DatabaseError(
+                        f"the database did not answer within {settings.db_timeout:g} s ({problem}): "
+                        "check --database-url / DATABASE_URL, or raise --db-timeout / "
+                        "PORTAL_BOOT_DB_TIMEOUT"
+                    )
+                raise MigrationError(
+                    f"the database is not at the heads after {settings.db_timeout:g} s: "
+                    f"{len(pending)} revision(s) pending ({', '.join(pending)}): run `portal-boot "
+                    "migrate` (an init container or a job), or raise --db-timeout / "
+                    "PORTAL_BOOT_DB_TIMEOUT"
+                )
+            if now >= next_report:
+                log.info(
+                    "waiting for the migrations: %s",
+                    f"{len(pending)} revision(s) pending" if pending else problem,
+                )
+                next_report = now + 10.0
+            time.sleep(min(pause * random.uniform(0.5, 1.0), max(deadline - now, 0.0)))
+            pause = min(pause * 1.6, 1.0)
+    finally:
+        engine.dispose()
+
+
+def revision_state(settings: Settings, plugins: Sequence[Plugin], *, url: str) -> RevisionState:
+    """The database's revisions, the heads, and what is pending (for ``status``).
+    Raises MigrationError (a pre-flight problem), DatabaseError, UsageError."""
+    project = alembic_app.load(settings, plugins)
+    engine = _engine(url, purpose="status")
+    try:
+        with _database_errors(), _connect(engine) as conn:
+            current = current_revisions(conn)
+    finally:
+        engine.dispose()
+    preflight.check_database(project.graph, current, others=project.others)
+    return RevisionState(current, project.graph.heads, project.graph.pending(current))
+
+
+def _command(project: Project, to: str | None, current: Sequence[str]) -> tuple[str, str]:
+    """``upgrade``, ``downgrade`` or ``""`` (nothing to do), and the target. A
+    target the database has, with later revisions of its line applied too, is a
+    downgrade."""
+    if to is None:
+        return "upgrade", "heads"
+    target = to.strip()
+    if target in ("heads", "head") or target.endswith(("@head", "@heads")):
+        return "upgrade", target
+    if target == "base" or target.endswith("@base"):
+        return "downgrade", target
+    relative = re.search(r"([+-])\d+$", target)
+    if relative:
+        return ("upgrade" if relative.group(1) == "+" else "downgrade"), target
+    revision = _resolve(project, target)
+    applied = project.graph.applied(current)
+    if revision not in applied:
+        return "upgrade", target
+    if project.graph.later(revision) & applied:
+        return "downgrade", target
+    # Applied, with nothing after it on its own line: Alembic would refuse a
+    # downgrade ("not a valid downgrade target"), and an upgrade does nothing.
+    return "", target
+
+
+def _is_downgrade_syntax(target: str) -> bool:
+    return target == "base" or target.endswith("@base") or bool(re.search(r"-\d+$", target))
+
+
+def _sql_command(project: Project, to: str | None) -> tuple[str, str]:
+    """The offline command: without a database the direction comes from the
+    target alone, or from a ``FROM:TO`` range; a downgrade needs its start."""
+    target = (to or "heads").strip()
+    start, _, destination = target.rpartition(":")
+    if start:
+        if _is_downgrade_syntax(destination):
+            return "downgrade", target
+        down = _resolve(project, destination) in project.graph.applied(
+            [_resolve(project, start)]
+        ) - {_resolve(project, start)}
+        return ("downgrade" if down else "upgrade"), target
+    if not _is_downgrade_syntax(destination):
+        return "upgrade", target
+    if destination.endswith("@base") and destination != "@base":
+        # A plugin branch's whole downgrade starts at that branch's head.
+        return "downgrade", f"{destination[: -len('@base')]}@head:{destination}"
+    if len(project.graph.heads) == 1:
+        return "downgrade", f"heads:{destination}"
+    raise UsageError(
+        f"--sql --to {target}: printing a downgrade needs its starting point: give "
+        f"--to FROM:{destination} with FROM one of the heads "
+        f"({', '.join(project.graph.heads)}), or LABEL@base for one plugin's branch"
+    )
+
+
+def _resolve(project: Project, target: str) -> str:
+    """The revision id ``target`` names, by Alembic's rules (prefix, branch label)."""
+    from alembic.script.revision import Revision, RevisionError, RevisionMap
+
+    revisions = RevisionMap(
+        lambda: [
+            Revision(
+                f.revision, f.down_revisions or None, f.depends_on or None, f.branch_labels or None
+            )
+            for f in project.files
+        ]
+    )
+    try:
+        found = revisions.get_revision(target)
+    except RevisionError as exc:
+        found, why = None, first_line(exc)
+    else:
+        why = "no such revision or branch label"
+    if found is None:
+        raise UsageError(
+            f"--to {target}: {why}; the heads are {', '.join(project.graph.heads) or 'none'} "
+            "(give a revision id, LABEL@base, LABEL@head, heads or base)"
+        )
+    return found.revision
+
+
+def _log_changes(project: Project, before: Sequence[str], after: Sequence[str]) -> None:
+    graph = project.graph
+    was, now = graph.applied(before), graph.applied(after)
+    for revision in graph.pending(before):
+        if revision in now:
+            log.info("applied %s", project.describe(revision))
+    for revision in reversed(graph.pending(after)):
+        if revision in was:
+            log.info("reverted %s", project.describe(revision))
+    log.info("database now at %s", ", ".join(after) or "no revision (base)")
+
+
+# --- connections ---------------------------------------------------------------
+
+
+def _engine(url: str, purpose: str = "migrate") -> Engine:
+    from sqlalchemy import create_engine, pool
+
+    from portal_boot.dburl import parse
+
+    parsed = parse(url)
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql" and "application_name" not in parsed.query:
+        connect_args["application_name"] = application_name(purpose)
+    # NullPool: every connection is really closed when released, none outlives the step.
+    return create_engine(parsed, poolclass=pool.NullPool, connect_args=connect_args)
+
+
+@contextlib.contextmanager
+def _connect(
+    engine: Engine, *, autocommit: bool = False, migrating: bool = False
+) -> Iterator[Connection]:
+    with _database_errors():
+        conn = engine.connect()
+    try:
+        with _database_errors():
+            if autocommit:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            elif (
+                migrating
+                and engine.dialect.name == "postgresql"
+                and ((engine.dialect.server_version_info or (0,)) >= (14,))
+            ):
+                # If portal-boot dies (kill -9) mid-statement, the server checks
+                # the socket every second and aborts, instead of running the
+                # statement to its end with the locks it holds.
+                conn.exec_driver_sql("SET client_connection_check_interval = 1000")
+                conn.commit()
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def _database_errors() -> Iterator[None]:
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        yield
+    except DBAPIError as exc:
+        raise DatabaseError(
+            f"the database failed: {first_line(exc)}: check that it is up and that "
+            "--database-url / DATABASE_URL is right"
+        ) from None
