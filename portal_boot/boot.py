@@ -79,7 +79,8 @@ def wait_db(settings: Settings) -> None:
     """Wait until the database answers. Raises DatabaseError or UsageError."""
     from portal_boot.wait import wait_for_database
 
-    wait_for_database(sync_url(settings), timeout=settings.db_timeout)
+    # The URL as given: wait-db converts it itself without importing SQLAlchemy.
+    wait_for_database(settings.require_database_url(), timeout=settings.db_timeout)
 
 
 def enabled_plugins(settings: Settings) -> list[Plugin]:
@@ -126,8 +127,11 @@ def serve(
 def run(settings: Settings, *, uvicorn_args: Sequence[str] = ()) -> NoReturn:
     """verify -> install -> wait-db -> migrate -> serve."""
     started = time.monotonic()
-    # Fail on a missing or malformed URL before doing any work.
-    sync_url(settings)
+    # Fail on a missing or malformed URL before doing any work (SQLAlchemy's grammar,
+    # without importing it: see dburl.components).
+    from portal_boot.dburl import sync_components
+
+    sync_components(settings.require_database_url())
     with step("install"):
         install(settings)
     with step("wait-db"):

@@ -7,8 +7,11 @@ may print a URL passes through :func:`redact` first.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, unquote
 
 from portal_boot.errors import UsageError
 
@@ -55,18 +58,18 @@ def parse(url: str) -> URL:
         return make_url(url)
     except (ArgumentError, ValueError, TypeError):
         # The message of make_url quotes the whole URL, password included.
-        raise UsageError(
-            "the database URL is malformed (expected driver://user:password@host:port/database): "
-            "fix --database-url / PORTAL_BOOT_DATABASE_URL (or DATABASE_URL)"
-        ) from None
+        raise _malformed() from None
 
 
-def to_sync(url: URL) -> URL:
-    """The sync-driver equivalent of a parsed URL; every other component is kept."""
-    drivername = _SYNC_DRIVERS.get(url.drivername, url.drivername)
-    query = dict(url.query)
-    if url.drivername == "postgresql+asyncpg" and "ssl" in query:
-        ssl = query.pop("ssl")
+def _sync_driver_and_query(
+    drivername: str, query: Mapping[str, str | tuple[str, ...]]
+) -> tuple[str, dict[str, str | tuple[str, ...]]]:
+    """The sync drivername and query for an async one. Pure; shared by the SQLAlchemy
+    conversion and the warm path's parser."""
+    sync_driver = _SYNC_DRIVERS.get(drivername, drivername)
+    out = dict(query)
+    if drivername == "postgresql+asyncpg" and "ssl" in out:
+        ssl = out.pop("ssl")
         if isinstance(ssl, tuple):
             ssl = ssl[-1]
         mode = _ASYNCPG_SSL.get(str(ssl).lower())
@@ -75,7 +78,13 @@ def to_sync(url: URL) -> URL:
                 f"the database URL has ssl={ssl!r}, which has no libpq sslmode equivalent: "
                 "use one of disable, allow, prefer, require, verify-ca, verify-full"
             )
-        query.setdefault("sslmode", mode)
+        out.setdefault("sslmode", mode)
+    return sync_driver, out
+
+
+def to_sync(url: URL) -> URL:
+    """The sync-driver equivalent of a parsed URL; every other component is kept."""
+    drivername, query = _sync_driver_and_query(url.drivername, url.query)
     return url.set(drivername=drivername, query=query)
 
 
@@ -98,7 +107,7 @@ def mask(url: URL) -> str:
 # scheme://user:password@host: the password is everything up to the last '@' of the
 # token, so an unencoded '@' in a password is still hidden whole.
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*:)(?P<pw>[^\s]*)(?P<tail>@[^@\s]*)")
-_CONNINFO_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+_CONNINFO_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
@@ -110,6 +119,133 @@ def redact(text: str) -> str:
 def password_of(url: str) -> str | None:
     """The password of a URL, so logging can mask it wherever it appears."""
     try:
-        return parse(url).password
+        return components(url).password
     except UsageError:
         return None
+
+
+# --- the warm path: no SQLAlchemy import ------------------------------------------------
+#
+# Importing SQLAlchemy costs 200-400 ms, more than the rest of a warm boot. wait-db and
+# the "nothing to migrate" check need only a libpq conninfo, so they parse the URL with
+# SQLAlchemy's own grammar, copied below; tests/test_dburl.py proves the two parsers
+# agree on generated URLs. Alembic still gets SQLAlchemy's URL (to_sync_url).
+
+# sqlalchemy.engine.url._parse_url's pattern, verbatim.
+_SQLALCHEMY_URL = re.compile(
+    r"""
+        (?P<name>[\w\+]+)://
+        (?:
+            (?P<username>[^:/]*)
+            (?::(?P<password>[^@]*))?
+        @)?
+        (?:
+            (?:
+                \[(?P<ipv6host>[^/\?]+)\] |
+                (?P<ipv4host>[^/:\?]+)
+            )?
+            (?::(?P<port>[^/\?]*))?
+        )?
+        (?:/(?P<database>[^\?]*))?
+        (?:\?(?P<query>.*))?
+        """,
+    re.VERBOSE,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Components:
+    drivername: str
+    username: str | None
+    password: str | None
+    host: str | None
+    port: int | None
+    database: str | None
+    query: Mapping[str, str | tuple[str, ...]]
+
+    @property
+    def backend(self) -> str:
+        return self.drivername.split("+", 1)[0]
+
+    def where(self) -> str:
+        """host:port/database (or the SQLite file), for messages: never the password."""
+        if self.backend == "sqlite":
+            return self.database or ":memory:"
+        host = self.host or self.query.get("host") or "localhost"
+        if isinstance(host, tuple):
+            host = ",".join(host)
+        port = f":{self.port}" if self.port else ""
+        return redact(f"{host}{port}/{self.database or ''}")
+
+
+def components(url: str) -> Components:
+    """Parse ``url`` as SQLAlchemy's ``make_url`` would, without importing SQLAlchemy.
+    Raises :class:`UsageError` on a malformed URL."""
+    match = _SQLALCHEMY_URL.match(url)
+    if match is None:
+        raise _malformed()
+    parts = match.groupdict()
+    query: dict[str, str | tuple[str, ...]] = {}
+    for key, value in parse_qsl(parts["query"] or ""):
+        if key in query:
+            previous = query[key]
+            query[key] = (*(previous if isinstance(previous, tuple) else (previous,)), value)
+        else:
+            query[key] = value
+    port = None
+    if parts["port"] is not None:  # SQLAlchemy refuses an empty port ("h:/db") too
+        try:
+            port = int(parts["port"])
+        except ValueError:
+            raise _malformed() from None
+    return Components(
+        drivername=parts["name"],
+        username=unquote(parts["username"]) if parts["username"] is not None else None,
+        password=unquote(parts["password"]) if parts["password"] is not None else None,
+        host=parts["ipv4host"] or parts["ipv6host"],
+        port=port,
+        database=unquote(parts["database"]) if parts["database"] is not None else None,
+        query=query,
+    )
+
+
+def sync_components(url: str) -> Components:
+    """:func:`components` of the sync equivalent (the same mapping as :func:`to_sync`)."""
+    parsed = components(url)
+    drivername, query = _sync_driver_and_query(parsed.drivername, parsed.query)
+    return dataclasses.replace(parsed, drivername=drivername, query=query)
+
+
+def _libpq_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def libpq_conninfo(url: str, **extra: str | int) -> str | None:
+    """The libpq conninfo SQLAlchemy's psycopg dialect would pass for ``url`` (async or
+    sync), with ``extra`` parameters added; None when this is not a psycopg URL or the
+    URL needs the dialect's own handling (several hosts in ``?host=``)."""
+    parsed = sync_components(url)
+    if parsed.drivername != "postgresql+psycopg" or "host" in parsed.query:
+        return None
+    params: dict[str, str | int | None] = {
+        "host": parsed.host,
+        "port": parsed.port,
+        "user": parsed.username,
+        "password": parsed.password,
+        "dbname": parsed.database,
+    }
+    for key, value in parsed.query.items():
+        if isinstance(value, tuple):
+            return None
+        params[key] = value
+    params.update(extra)
+    return " ".join(
+        f"{key}={_libpq_quote(str(value))}" for key, value in params.items() if value not in (None, "")
+    )
+
+
+def _malformed() -> UsageError:
+    return UsageError(
+        "the database URL is malformed (expected driver://user:password@host:port/database): "
+        "fix --database-url / PORTAL_BOOT_DATABASE_URL (or DATABASE_URL)"
+    )

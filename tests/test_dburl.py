@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import URL, make_url
 
@@ -101,3 +101,81 @@ def test_redact_raw_password_with_at_sign_and_conninfo() -> None:
     assert redact("postgresql://u:p@ss@db/x") == "postgresql://u:***@db/x"
     assert redact("host=db password=s3cret user=u") == "host=db password=*** user=u"
     assert redact("nothing to hide here") == "nothing to hide here"
+
+
+# --- the warm path's parser agrees with SQLAlchemy's ------------------------------------
+
+from portal_boot.dburl import components, libpq_conninfo  # noqa: E402
+
+url_text = st.one_of(
+    st.builds(
+        lambda d, u, p, h, port, db, q: URL.create(d, u, p, h, port, db, q).render_as_string(
+            hide_password=False
+        ),
+        st.sampled_from(["postgresql+asyncpg", "postgresql", "postgres", "sqlite", "mysql+aiomysql"]),
+        st.one_of(st.none(), text),
+        st.one_of(st.none(), text),
+        st.one_of(st.none(), st.from_regex(r"[a-z0-9][a-z0-9.-]{0,20}", fullmatch=True)),
+        st.one_of(st.none(), st.integers(1, 65535)),
+        st.one_of(st.none(), text),
+        st.dictionaries(query_key, st.one_of(text, st.lists(text, min_size=2, max_size=3).map(tuple)), max_size=3),
+    ),
+    # Raw strings, valid or not: both parsers must agree on accepting them too.
+    st.text(st.sampled_from("abcp+:/@?&=%[]0123456789 ."), max_size=40).map(lambda t: "postgresql://" + t),
+    st.text(max_size=40),
+)
+
+
+def _sqlalchemy_components(raw: str):
+    try:
+        url = make_url(raw)
+    except Exception:  # noqa: BLE001 - any refusal counts as "malformed"
+        return None
+    query = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in url.query.items()}
+    return (url.drivername, url.username, url.password, url.host, url.port, url.database, query)
+
+
+@settings(max_examples=500, deadline=None)
+@given(raw=url_text)
+def test_warm_path_parser_agrees_with_sqlalchemy(raw: str) -> None:
+    expected = _sqlalchemy_components(raw)
+    try:
+        got = components(raw)
+    except UsageError:
+        assert expected is None, raw
+        return
+    assert expected is not None, raw
+    assert (got.drivername, got.username, got.password, got.host, got.port, got.database, dict(got.query)) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    driver=st.sampled_from(["postgresql+asyncpg", "postgresql", "postgres", "postgresql+psycopg"]),
+    user=st.one_of(st.none(), text),
+    password=st.one_of(st.none(), text),
+    host=st.one_of(st.none(), st.from_regex(r"[a-z][a-z0-9.-]{0,20}", fullmatch=True)),
+    port=st.one_of(st.none(), st.integers(1, 65535)),
+    database=st.one_of(st.none(), text),
+    sslmode=st.one_of(st.none(), st.sampled_from(["require", "disable", "verify-full"])),
+)
+def test_libpq_conninfo_matches_sqlalchemys_psycopg_dialect(driver, user, password, host, port, database, sslmode) -> None:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    # libpq cannot carry a NUL in any parameter, whoever builds the conninfo.
+    assume(not any("\x00" in (v or "") for v in (user, password, database)))
+    query = {"application_name": "x y'z"}
+    if sslmode:
+        query["ssl" if driver == "postgresql+asyncpg" else "sslmode"] = sslmode
+    raw = URL.create(driver, user, password, host, port, database, query).render_as_string(hide_password=False)
+    sync = make_url(to_sync_url(raw))
+    _, params = sync.get_dialect()().create_connect_args(sync)
+    expected = conninfo_to_dict(make_conninfo("", **params))
+    got = libpq_conninfo(raw)
+    assert got is not None
+    assert conninfo_to_dict(got) == expected
+
+
+def test_libpq_conninfo_declines_what_it_cannot_express() -> None:
+    assert libpq_conninfo("sqlite:///x.db") is None
+    assert libpq_conninfo("postgresql://u@/db?host=h1&host=h2") is None
+    assert "connect_timeout='2'" in libpq_conninfo("postgresql://u@h/db", connect_timeout=2)
