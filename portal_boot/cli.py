@@ -72,14 +72,23 @@ def _settings(flags: dict[str, Any]) -> Settings:
     settings = resolve(flags, os.environ)
     logs.configure(settings.log_format, settings.log_level)
     _current["settings"] = settings
-    if settings.database_url:
-        from portal_boot.dburl import password_of
+    from portal_boot.dburl import secrets_of
 
-        logs.add_secret(password_of(settings.database_url))
+    for url in (settings.database_url, *_index_urls(settings)):
+        for secret in secrets_of(url or ""):
+            logs.add_secret(secret)
     for name, source in settings.sources.items():
         if source != "default":
             log.debug("setting %s from %s", name, source)
     return settings
+
+
+def _index_urls(settings: Settings) -> list[str]:
+    """pip's index URLs, whose credentials are secrets too."""
+    urls = []
+    for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+        urls.extend(settings.environ.get(name, "").split())
+    return urls
 
 
 _current: dict[str, Settings] = {}
@@ -101,7 +110,7 @@ def cli(ctx: click.Context) -> None:
         ctx.invoke(run)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+@cli.command()
 @_common_options
 @_uvicorn_args
 def run(settings: Settings, uvicorn_args: tuple[str, ...] = ()) -> None:
@@ -146,10 +155,14 @@ def migrate(settings: Settings, sql: bool, to: str | None) -> None:
     """Wait for the database, then apply core and plugin migrations under a lock."""
     from portal_boot import boot
 
+    if to is not None and not to.strip():
+        raise UsageError(
+            "--to is empty: give a revision id, LABEL@base, LABEL@head, heads or base"
+        )
     boot.migrate(settings, sql=sql, to=to)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+@cli.command()
 @_common_options
 @click.option("--wait-for-migrations", is_flag=True, help="First wait until the database is at the heads.")
 @_uvicorn_args
@@ -169,10 +182,11 @@ def status(settings: Settings, as_json: bool) -> None:
     from portal_boot import boot
 
     report = boot.status(settings)
+    # Scrubbed like every log line: the report quotes URLs and error messages.
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        click.echo(logs.scrub(json.dumps(report.as_dict(), indent=2)))
     else:
-        click.echo(report.as_text())
+        click.echo(logs.scrub(report.as_text()))
     if report.pending:
         raise _Pending(report.exit_code)
 
@@ -183,7 +197,7 @@ def db_url(settings: Settings) -> None:
     """Print the sync URL Alembic will use, password masked as ***."""
     from portal_boot import boot
 
-    click.echo(boot.db_url(settings))
+    click.echo(logs.scrub(boot.db_url(settings)))
 
 
 class _Pending(Exception):
@@ -202,11 +216,17 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def _fail(exc: BaseException, code: int, kind: str) -> int:
     settings = _current.get("settings")
     debug = settings is not None and settings.log_level == "debug"
+    trace = None
     if debug and not isinstance(exc, Terminated):
-        sys.stderr.write(logs.scrub("".join(traceback.format_exception(exc))))
+        trace = logs.scrub("".join(traceback.format_exception(exc)))
     line = logs.scrub(f"portal-boot: {kind}: {exc}")
     if settings is not None and settings.log_format == "json":
-        line = json.dumps({"level": "error", "message": line, "status": code})
+        entry: dict[str, Any] = {"level": "error", "message": line, "status": code}
+        if trace:
+            entry["traceback"] = trace
+        line = json.dumps(entry)
+    elif trace:
+        sys.stderr.write(trace)
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
     return code

@@ -34,6 +34,16 @@ _SYNC_DRIVERS = {
     "mariadb+asyncmy": "mariadb+pymysql",
 }
 
+# asyncpg's own connect() arguments, which libpq refuses as "invalid connection option"
+# (an app's DATABASE_URL_ASYNC commonly sets prepared_statement_cache_size=0 for pgbouncer).
+_ASYNCPG_ONLY = frozenset({
+    "prepared_statement_cache_size", "statement_cache_size", "command_timeout",
+    "max_cached_statement_lifetime", "max_cacheable_statement_size",
+})  # fmt: skip
+
+# Query parameters that hold a secret.
+_QUERY_SECRETS = frozenset({"password", "sslpassword"})
+
 # asyncpg's ssl= values -> libpq's sslmode= values.
 _ASYNCPG_SSL = {
     "true": "require",
@@ -68,6 +78,11 @@ def _sync_driver_and_query(
     conversion and the warm path's parser."""
     sync_driver = _SYNC_DRIVERS.get(drivername, drivername)
     out = dict(query)
+    if drivername == "postgresql+asyncpg":
+        for key in _ASYNCPG_ONLY & out.keys():
+            del out[key]
+        if "timeout" in out:
+            out.setdefault("connect_timeout", out.pop("timeout"))
     if drivername == "postgresql+asyncpg" and "ssl" in out:
         ssl = out.pop("ssl")
         if isinstance(ssl, tuple):
@@ -100,28 +115,40 @@ def to_sync_url(url: str) -> str:
 
 
 def mask(url: URL) -> str:
-    """The URL as text with its password shown as ``***``."""
-    return url.render_as_string(hide_password=True)
+    """The URL as text with its password (also one given as ``?password=``) shown as ``***``."""
+    query = {k: ("***" if k.lower() in _QUERY_SECRETS else v) for k, v in url.query.items()}
+    return url.set(query=query).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
 # scheme://user:password@host: the password is everything up to the last '@' of the
 # token, so an unencoded '@' in a password is still hidden whole.
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*:)(?P<pw>[^\s]*)(?P<tail>@[^@\s]*)")
-_CONNINFO_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+# A token as the user part of a web URL (an index URL: https://TOKEN@host/simple).
+_URL_TOKEN = re.compile(r"(?P<head>\bhttps?://)(?P<tok>[^:/@\s]+)(?P<tail>@)", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:ssl)?password=)(?P<pw>[^&\s]*)", re.IGNORECASE)
+_CONNINFO_PASSWORD = re.compile(r"(?P<head>(?<![?&\w])password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
     """Mask every password in ``text``: URLs (``user:***@``) and libpq ``password=***``."""
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    text = _URL_TOKEN.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    text = _QUERY_PASSWORD.sub(lambda m: f"{m['head']}***", text)
     return _CONNINFO_PASSWORD.sub(lambda m: f"{m['head']}***", text)
 
 
-def password_of(url: str) -> str | None:
-    """The password of a URL, so logging can mask it wherever it appears."""
+def secrets_of(url: str) -> list[str]:
+    """The password of a URL and any secret query parameter, so logging can mask
+    them wherever they appear."""
     try:
-        return components(url).password
+        parsed = components(url)
     except UsageError:
-        return None
+        return []
+    found = [parsed.password] if parsed.password else []
+    for key, value in parsed.query.items():
+        if key.lower() in _QUERY_SECRETS:
+            found.extend(value if isinstance(value, tuple) else [value])
+    return found
 
 
 # --- the warm path: no SQLAlchemy import ------------------------------------------------

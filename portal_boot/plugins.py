@@ -99,6 +99,18 @@ def discover(paths: Sequence[Path | str], group: str) -> list[Plugin]:
     return sorted(found, key=lambda p: p.name)
 
 
+def discover_installed(target: Path, group: str) -> list[Plugin]:
+    """The plugins the served application will see: those of the image's own
+    environment (``sys.path``, e.g. baked in with pip as the deployment guides do)
+    first, then those of the plugin target, the order uvicorn's ``sys.path`` has."""
+    import sys
+
+    paths: list[Path | str] = [p for p in sys.path if p]
+    if target.exists():
+        paths.append(target)
+    return discover(paths, group)
+
+
 def select(plugins: Iterable[Plugin], enabled: Sequence[str]) -> list[Plugin]:
     """The plugins ``enabled`` names (entry-point name, ``module.path.ClassName``,
     ``module:Class`` or distribution name); all of them when ``enabled`` is empty.

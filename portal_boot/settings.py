@@ -9,6 +9,7 @@ reads ``os.environ``: children get ``settings.environ`` (a copy) explicitly.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -69,7 +70,13 @@ def _text(raw: str, where: str) -> str:
 
 
 def _path(raw: str, where: str) -> Path:
-    return Path(_text(raw, where)).expanduser()
+    value = _text(raw, where)
+    if "\0" in value:
+        raise UsageError(f"{where} holds a NUL character: give a plain path")
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # "~someone" for a user that does not exist
+        raise UsageError(f"{where}={raw!r}: cannot expand '~': give an absolute path") from None
 
 
 def _bool(raw: str, where: str) -> bool:
@@ -84,6 +91,12 @@ def _bool(raw: str, where: str) -> bool:
 def _list(raw: str, where: str) -> tuple[str, ...]:
     # Commas with optional spaces; newlines too, as the guides' ConfigMaps write lists.
     items = [item.strip() for item in raw.replace("\n", ",").split(",")]
+    return tuple(item for item in items if item)
+
+
+def _requirements(raw: str, where: str) -> tuple[str, ...]:
+    # Commas inside extras ("pkg[a,b]==1.0") do not separate requirements.
+    items = [item.strip() for item in re.split(r",(?![^\[]*\])", raw.replace("\n", ","))]
     return tuple(item for item in items if item)
 
 
@@ -150,7 +163,7 @@ OPTIONS: tuple[Option, ...] = (
         _text,
     ),
     Option("wheel_dir", "--wheel-dir", ("PORTAL_BOOT_WHEEL_DIR",), _path),
-    Option("requirements", "--requirement", ("PORTAL_BOOT_REQUIREMENTS",), _list),
+    Option("requirements", "--requirement", ("PORTAL_BOOT_REQUIREMENTS",), _requirements),
     Option("target", "--target", ("PORTAL_BOOT_TARGET",), _path),
     Option("trusted_keys", "--trusted-keys", ("PORTAL_BOOT_TRUSTED_KEYS",), _path),
     Option(
@@ -194,10 +207,6 @@ OPTIONS: tuple[Option, ...] = (
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
 
-def _describe(option: Option) -> str:
-    return f"{option.flag} or {option.envvars[0]}"
-
-
 def _read_env(option: Option, environ: Mapping[str, str]) -> tuple[str, str] | None:
     """The raw value and its source from the first variable (or its ``_FILE``) that is set."""
     for var in option.envvars:
@@ -236,7 +245,10 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
         if flag_value is not None:
             where = option.flag
             if isinstance(flag_value, tuple):
-                values[option.name] = option.parse(",".join(flag_value), where)
+                # A repeatable flag: each occurrence is one item, parsed on its own.
+                values[option.name] = tuple(
+                    item for value in flag_value for item in option.parse(value, where)
+                )
             elif isinstance(flag_value, str):
                 values[option.name] = option.parse(flag_value, where)
             else:
@@ -271,8 +283,3 @@ def _check_consistency(settings: Settings) -> None:
             "--trusted-fingerprint / PORTAL_BOOT_TRUSTED_FINGERPRINTS is set but signatures "
             "are off (--signatures / PORTAL_BOOT_SIGNATURES): remove one of them"
         )
-
-
-def describe(name: str) -> str:
-    """``--flag or VARIABLE`` for an option, for error messages."""
-    return _describe(OPTIONS_BY_NAME[name])

@@ -72,9 +72,15 @@ class Report:
 
 
 def _wheels(settings: Settings, report: Report) -> None:
+    from portal_boot import install
+
+    if settings.requirements:
+        if install.is_pending(settings):
+            report.install_pending = True
+            report._flag(4, "the pinned requirements differ from the installed generation: run portal-boot install")
+        return
     if settings.wheel_dir is None:
         return
-    from portal_boot import install
 
     try:
         states = install.wheel_states(settings)
@@ -92,11 +98,16 @@ def _wheels(settings: Settings, report: Report) -> None:
 
 def _plugins(settings: Settings, report: Report) -> list[Any]:
     from portal_boot import install
-    from portal_boot.plugins import discover, select
+    from portal_boot.boot import refuse_unsigned_generation
+    from portal_boot.plugins import discover_installed, select
 
     generation = install.current_generation(settings.target)
     report.generation = generation.name if generation else None
-    found = discover([settings.target], settings.entry_point_group) if settings.target.exists() else []
+    try:
+        refuse_unsigned_generation(settings)
+    except BootError as exc:
+        report._flag(exc.exit_code, str(exc))
+    found = discover_installed(settings.target, settings.entry_point_group)
     try:
         enabled = select(found, settings.enabled_plugins)
     except BootError as exc:

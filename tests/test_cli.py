@@ -70,6 +70,10 @@ def test_missing_database_url_is_a_usage_error(clean_env: dict[str, str]) -> Non
         (["db-url"], {"PORTAL_BOOT_LOG_LEVEL": "loud"}, "PORTAL_BOOT_LOG_LEVEL"),
         (["migrate", "--no-such-flag"], {}, "--no-such-flag"),
         (["no-such-command"], {}, "no-such-command"),
+        # Only arguments after -- go to uvicorn: a typo is refused before any work.
+        (["run", "--wheel-dri", "/w"], {}, "--wheel-dri"),
+        (["serve", "--wait-for-migratons"], {}, "--wait-for-migratons"),
+        (["migrate", "--to", " ", "--database-url", "sqlite://"], {}, "--to is empty"),
     ],
 )
 def test_usage_errors_exit_2_in_one_line(args, env, needle, clean_env: dict[str, str]) -> None:
@@ -109,3 +113,22 @@ def test_json_failure_line_is_json(clean_env: dict[str, str]) -> None:
     assert result.returncode == 2
     entry = json.loads(result.stderr.strip().splitlines()[-1])
     assert entry["status"] == 2 and "malformed" in entry["message"]
+
+
+def test_debug_traceback_stays_json(clean_env: dict[str, str]) -> None:
+    import json
+
+    args = ("db-url", "--log-format", "json", "--log-level", "debug", "--database-url", "nope")
+    result = portal_boot(*args, env=clean_env)
+    assert result.returncode == 2
+    for line in result.stderr.splitlines():
+        json.loads(line)
+    assert "traceback" in json.loads(result.stderr.splitlines()[-1])
+
+
+def test_query_password_never_printed(clean_env: dict[str, str]) -> None:
+    url = "postgresql://u@db.internal/portal?password=Qu3ryS3cret"
+    result = portal_boot("db-url", "--database-url", url, env=clean_env)
+    assert result.returncode == 0
+    assert "Qu3ryS3cret" not in result.stdout + result.stderr
+    assert "password=***" in result.stdout

@@ -28,6 +28,9 @@ CASES = [
     ("postgresql+asyncpg://u:p%40ss%2Fw%25rd%3Ax@db/portal", "postgresql+psycopg://u:p%40ss%2Fw%25rd%3Ax@db/portal"),
     ("postgresql+asyncpg://u@db/portal", "postgresql+psycopg://u@db/portal"),
     ("postgresql+asyncpg://db/portal", "postgresql+psycopg://db/portal"),
+    # asyncpg's own arguments mean nothing to libpq (which would refuse them).
+    ("postgresql+asyncpg://u:p@db/portal?prepared_statement_cache_size=0&command_timeout=30", "postgresql+psycopg://u:p@db/portal"),
+    ("postgresql+asyncpg://u:p@db/portal?timeout=5", "postgresql+psycopg://u:p@db/portal?connect_timeout=5"),
 ]
 
 
@@ -64,7 +67,9 @@ ASYNC_TO_SYNC = {
 }
 
 text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20)
-query_key = st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=10).filter(lambda k: k != "ssl")
+# ssl and asyncpg's own arguments are translated or dropped (tested in the table).
+_TRANSLATED = {"ssl", "timeout", "command_timeout", "statement_cache_size"}
+query_key = st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=10).filter(lambda k: k not in _TRANSLATED)
 
 
 @settings(max_examples=300, deadline=None)
@@ -95,6 +100,20 @@ def test_redact_hides_any_password(password: str) -> None:
     assert "***" in out
     assert rendered not in out
     assert out.startswith("cannot connect to postgresql+asyncpg://user:***@")
+
+
+def test_redact_index_tokens_and_query_passwords() -> None:
+    assert redact("pip from https://ghp_TOKEN123@example.org/simple") == "pip from https://***@example.org/simple"
+    assert redact("postgresql://u@h/db?password=s3cret&x=1") == "postgresql://u@h/db?password=***&x=1"
+
+
+def test_mask_hides_a_query_password() -> None:
+    from portal_boot.dburl import mask, secrets_of
+
+    url = "postgresql://u@h/db?password=s3cret&sslmode=require"
+    assert mask(make_url(url)) == "postgresql://u@h/db?password=***&sslmode=require"
+    assert secrets_of(url) == ["s3cret"]
+    assert secrets_of("postgresql://u:pw@h/db") == ["pw"]
 
 
 def test_redact_raw_password_with_at_sign_and_conninfo() -> None:

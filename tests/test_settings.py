@@ -107,3 +107,16 @@ def test_fingerprints_are_normalised() -> None:
     fpr = "abcd " * 10
     s = resolve({}, {"PORTAL_BOOT_TRUSTED_FINGERPRINTS": fpr.strip()})
     assert s.trusted_fingerprints == ("ABCD" * 10,)
+
+
+def test_requirements_keep_extras_whole() -> None:
+    env = {"PORTAL_BOOT_REQUIREMENTS": "a[x,y]==1, b==2"}
+    assert resolve({}, env).requirements == ("a[x,y]==1", "b==2")
+    assert resolve({"requirements": ("pkg[a,b]==1.0", "c==3")}, {}).requirements == ("pkg[a,b]==1.0", "c==3")
+
+
+def test_unknown_home_and_nul_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match="PORTAL_BOOT_WHEEL_DIR"):
+        resolve({}, {"PORTAL_BOOT_WHEEL_DIR": "~no-such-user-here/wheels"})
+    with pytest.raises(UsageError, match="--target"):
+        resolve({"target": "/a\0b"}, {})

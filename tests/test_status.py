@@ -86,3 +86,44 @@ def test_status_without_plugins_on_sqlite(tmp_path, clean_env):
     result = portal_boot("status", env=env)
     assert result.returncode == 0, result.stdout
     assert "none" in result.stdout.split("installed plugins")[1].splitlines()[1]
+
+
+def test_unsigned_generation_is_not_served_when_signatures_are_required(
+    tmp_path, clean_env, plugin_wheels  # noqa: F811
+):
+    folder = signed_folder(tmp_path / "wheels", plugin_wheels.alpha_v1, key=None)
+    target = tmp_path / "state" / "plugins"
+    base = {
+        **clean_env,
+        "PORTAL_BOOT_DATABASE_URL": f"sqlite:///{tmp_path}/p.db",
+        "PORTAL_BOOT_ALEMBIC_CONFIG": str(PORTAL / "alembic.ini"),
+        "PORTAL_BOOT_TARGET": str(target),
+    }
+    installed = portal_boot("install", "--wheel-dir", str(folder), "--signatures", "off", env=base)
+    assert installed.returncode == 0, installed.stderr
+    # Later boots without the folder (serve-only replicas) must not import it silently.
+    result = portal_boot("serve", "--port", str(free_port()), env=base, timeout=30)
+    assert result.returncode == 3, result.stderr
+    assert "installed with signatures off" in result.stderr.splitlines()[-1]
+    assert portal_boot("status", env=base).returncode == 3
+
+
+def test_plugins_in_the_image_itself_are_discovered(tmp_path, clean_env, plugin_wheels):  # noqa: F811
+    """The deployment guides also pip-install plugins into the image: portal-boot must
+    see them (and migrate them) as uvicorn will."""
+    import zipfile
+
+    image_site = tmp_path / "image-site"
+    with zipfile.ZipFile(plugin_wheels.beta) as wheel:
+        wheel.extractall(image_site)
+    env = {
+        **clean_env,
+        "PYTHONPATH": str(image_site),
+        "PORTAL_BOOT_DATABASE_URL": f"sqlite:///{tmp_path}/p.db",
+        "PORTAL_BOOT_ALEMBIC_CONFIG": str(PORTAL / "alembic.ini"),
+        "PORTAL_BOOT_TARGET": str(tmp_path / "plugins"),
+        "ENABLED_PLUGINS": "BetaPluginConfiguration",
+    }
+    result = portal_boot("status", "--json", env=env)
+    report = json.loads(result.stdout)
+    assert [p["name"] for p in report["plugins"]] == ["BetaPluginConfiguration"], result.stderr
