@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from portal_boot import migration_files, preflight
 from portal_boot.errors import MigrationError, Terminated, UsageError
+from portal_boot.heads import VERSION_TABLE
 from portal_boot.plugins import Plugin
 from portal_boot.settings import Settings
 
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _CONFIG_HINT = "--alembic-config / PORTAL_BOOT_ALEMBIC_CONFIG"
-VERSION_TABLE = "alembic_version"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +75,9 @@ def _read_config(ini: Path) -> Config:
         )
     config = Config(str(ini), stdout=sys.stdout)
     try:
-        config.file_config  # noqa: B018 - parse now, so a broken file fails here
-        script_location = config.get_main_option("script_location")
+        # Parse now, so a broken file fails here.
+        has_section = config.file_config.has_section(config.config_ini_section)
+        script_location = has_section and config.get_main_option("script_location")
     except (configparser.Error, OSError, UnicodeDecodeError) as exc:
         raise UsageError(
             f"cannot read the Alembic configuration {ini} ({first_line(exc)}): fix it or "
@@ -84,7 +85,7 @@ def _read_config(ini: Path) -> Config:
         ) from None
     if not script_location:
         raise UsageError(
-            f"{ini} has no script_location in its [alembic] section: is it the application's "
+            f"{ini} has no [alembic] section with a script_location: is it the application's "
             f"alembic.ini? Fix it or point {_CONFIG_HINT} at the right file"
         )
     return config
@@ -111,36 +112,25 @@ def _app_locations(config: Config) -> tuple[Path, ...]:
 def load(settings: Settings, plugins: Sequence[Plugin]) -> Project:
     """Read the config and every revision file of this run, and run the checks
     that need no database. Raises UsageError (the config), MigrationError."""
-    from portal_boot.plugins import discover
+    from portal_boot.plugins import discover_installed
 
     config = _read_config(settings.alembic_config)
     locations = _app_locations(config)
-    recursive = config.get_main_option("recursive_version_locations", "false").strip().lower() in (
-        "true", "1", "yes", "on",
-    )  # fmt: skip
-    placed_by_us = set(migration_files.read_manifest(locations[0]))
-    files, seen = [], set()
-    for location in locations:
-        for path in preflight.list_files(location, recursive=recursive):
-            # portal-boot's own copies stand for the plugin files, read below;
-            # a file reached twice (overlapping locations) is one file, as for Alembic.
-            if (
-                path.parent == locations[0] and path.name in placed_by_us
-            ) or path.resolve() in seen:
-                continue
-            seen.add(path.resolve())
-            files.append(preflight.read_file(path, None))
+    recursive = preflight.is_recursive(config.get_main_option("recursive_version_locations"))
+    paths = preflight.app_files(
+        locations, recursive=recursive, placed=migration_files.read_manifest(locations[0])
+    )
+    files = [preflight.read_file(path, None) for path in paths]
     for plugin in plugins:
         files += preflight.read_plugin(plugin)
     others: list[preflight.RevisionFile] = []
     enabled = {(p.distribution, p.name) for p in plugins}
-    if settings.target.is_dir():
-        for plugin in discover([settings.target], settings.entry_point_group):
-            if (plugin.distribution, plugin.name) not in enabled:
-                # Only to say where a missing revision lives: a broken file in a
-                # plugin nobody enabled must not stop the boot.
-                with contextlib.suppress(MigrationError):
-                    others += preflight.read_plugin(plugin)
+    for plugin in discover_installed(settings.target, settings.entry_point_group):
+        if (plugin.distribution, plugin.name) not in enabled:
+            # Only to say where a missing revision lives: a broken file in a
+            # plugin nobody enabled must not stop the boot.
+            with contextlib.suppress(MigrationError):
+                others += preflight.read_plugin(plugin)
     graph = preflight.check_files(files, others=others, mode=settings.migrations_mode)
     return Project(
         settings=settings,
@@ -157,7 +147,7 @@ def files_in_place(project: Project) -> bool:
     """Whether the versions folder already holds what this run would place there."""
     mode = project.settings.migrations_mode
     wanted = project.plugin_files if mode in ("link", "copy") else []
-    return migration_files.in_place(project.versions_dir, wanted, mode)
+    return migration_files.in_place(project.versions_dir, [f.path for f in wanted], mode)
 
 
 def place_files(project: Project) -> dict[Path, preflight.RevisionFile]:

@@ -61,6 +61,24 @@ def install(settings: Settings) -> None:
     installer.install(settings)
 
 
+def refuse_unsigned_generation(settings: Settings) -> None:
+    """Nothing unsigned runs: a generation installed with ``--signatures off`` is not
+    served while signatures are required. Raises SignatureError."""
+    if settings.signatures == "off":
+        return
+    from portal_boot.errors import SignatureError
+    from portal_boot.generations import current_generation, read_state
+
+    state = read_state(current_generation(settings.target)) or {}
+    unsigned = [w.get("file", "?") for w in state.get("wheels", ()) if not w.get("signer")]
+    if unsigned:
+        raise SignatureError(
+            f"the installed plugins {', '.join(unsigned)} were installed with signatures off: "
+            "run portal-boot install with signatures required (the default), or set "
+            "--signatures / PORTAL_BOOT_SIGNATURES=off to serve them anyway"
+        )
+
+
 def sync_url(settings: Settings) -> str:
     """The sync URL for Alembic. Raises UsageError when missing or malformed."""
     from portal_boot.dburl import to_sync_url
@@ -85,11 +103,10 @@ def wait_db(settings: Settings) -> None:
 
 def enabled_plugins(settings: Settings) -> list[Plugin]:
     """The installed plugins that ENABLED_PLUGINS selects (all when it is empty)."""
-    from portal_boot.plugins import discover, select
+    from portal_boot.plugins import discover_installed, select
 
-    if not settings.target.exists():
-        return select([], settings.enabled_plugins)
-    return select(discover([settings.target], settings.entry_point_group), settings.enabled_plugins)
+    found = discover_installed(settings.target, settings.entry_point_group)
+    return select(found, settings.enabled_plugins)
 
 
 def migrate(
@@ -101,7 +118,9 @@ def migrate(
     from portal_boot import migrations
 
     plugins = enabled_plugins(settings)
-    url = sync_url(settings)
+    # As given, async or sync: a database at the heads is noticed without SQLAlchemy,
+    # which makes the sync URL only when Alembic runs.
+    url = settings.require_database_url()
     if wait and not sql:
         wait_db(settings)
     migrations.upgrade(settings, plugins, url=url, sql=sql, to=to)
@@ -113,13 +132,14 @@ def serve(
     """Exec uvicorn with the installed plugins importable. Never returns."""
     from portal_boot import serve as server
 
+    refuse_unsigned_generation(settings)
     if wait_for_migrations:
         from portal_boot import migrations
 
         with step("wait-for-migrations"):
             wait_db(settings)
             migrations.wait_until_at_heads(
-                settings, enabled_plugins(settings), url=sync_url(settings)
+                settings, enabled_plugins(settings), url=settings.require_database_url()
             )
     server.exec_uvicorn(settings, uvicorn_args)
 

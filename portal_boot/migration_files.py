@@ -12,7 +12,6 @@ replicas may share the folder.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -49,6 +48,8 @@ def read_manifest(versions_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def _sha256(path: Path) -> str:
+    import hashlib  # only link/copy need it: not imported on every boot
+
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -61,19 +62,20 @@ def _signature(path: Path) -> str | None:
     return None
 
 
-def _wanted(file: RevisionFile, mode: str) -> str:
+def _wanted(source: Path, mode: str) -> str:
     # Absolute: a relative link would be read from the versions folder, not from here.
-    return f"link:{file.path.absolute()}" if mode == "link" else f"sha256:{_sha256(file.path)}"
+    return f"link:{source.absolute()}" if mode == "link" else f"sha256:{_sha256(source)}"
 
 
 def _is_ours(entry: dict[str, Any], signature: str | None) -> bool:
     return signature is not None and signature in (entry.get("signature"), entry.get("previous"))
 
 
-def in_place(versions_dir: Path, files: Sequence[RevisionFile], mode: str) -> bool:
-    """Whether :func:`sync` would change nothing (read-only, no lock needed)."""
+def in_place(versions_dir: Path, sources: Sequence[Path], mode: str) -> bool:
+    """Whether :func:`sync` of the plugin files at ``sources`` would change nothing
+    (read-only, no lock needed). Raises MigrationError (an unreadable manifest)."""
     manifest = read_manifest(versions_dir)
-    wanted = {file.path.name: _wanted(file, mode) for file in files}
+    wanted = {source.name: _wanted(source, mode) for source in sources}
     if set(manifest) != set(wanted):
         return False
     return all(
@@ -127,7 +129,7 @@ def sync(versions_dir: Path, files: Sequence[RevisionFile], mode: str) -> dict[P
         final: dict[str, dict[str, Any]] = {}
         for name, file in wanted.items():
             final[name] = {
-                "signature": _wanted(file, mode),
+                "signature": _wanted(file.path, mode),
                 "mode": mode,
                 "plugin": file.plugin.name if file.plugin else None,
                 "distribution": file.plugin.distribution if file.plugin else None,

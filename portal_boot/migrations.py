@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from portal_boot import alembic_app, preflight
+from portal_boot import alembic_app, heads, preflight
 from portal_boot.alembic_app import Project, current_revisions, first_line
 from portal_boot.errors import DatabaseError, MigrationError, UsageError
 from portal_boot.lock import application_name, migration_lock
@@ -66,11 +66,22 @@ def upgrade(
 ) -> None:
     """Apply the core and plugin migrations: to all heads, or up or down to ``to``.
 
+    ``url`` is the database URL, async or sync (Alembic gets the sync one). A
+    database already at the heads is noticed without Alembic (:mod:`portal_boot.heads`).
     With ``sql``, print the SQL on stdout instead (from an empty database, or the
     ``FROM:TO`` range given as ``to``); no connection is made. Raises UsageError
     (the Alembic config), MigrationError (a pre-flight check or a failed revision),
     LockTimeout, DatabaseError.
     """
+    if to is None and not sql:
+        found = heads.at_heads(settings, plugins, url)
+        if found:
+            log.info(
+                "migrate: nothing to do, database at heads %s (checked without Alembic)",
+                ", ".join(found.current),
+            )
+            return
+    url = _sync(url)
     project = alembic_app.load(settings, plugins)
     log.info(
         "%d revision files: the application's and those of %s (--migrations-mode %s)",
@@ -130,8 +141,13 @@ def wait_until_at_heads(settings: Settings, plugins: Sequence[Plugin], *, url: s
     heads (for replicas that do not migrate themselves). Raises MigrationError on
     timeout or on a revision no file defines, DatabaseError if the database does
     not answer, UsageError for the Alembic config."""
+    found = heads.at_heads(settings, plugins, url, purpose="serve", files_too=False)
+    if found:
+        log.info("database at the heads (%s), checked without Alembic", ", ".join(found.current))
+        return
     from sqlalchemy.exc import DBAPIError
 
+    url = _sync(url)
     project = alembic_app.load(settings, plugins)
     engine = _engine(url, purpose="serve")
     deadline = time.monotonic() + settings.db_timeout
@@ -181,6 +197,10 @@ def wait_until_at_heads(settings: Settings, plugins: Sequence[Plugin], *, url: s
 def revision_state(settings: Settings, plugins: Sequence[Plugin], *, url: str) -> RevisionState:
     """The database's revisions, the heads, and what is pending (for ``status``).
     Raises MigrationError (a pre-flight problem), DatabaseError, UsageError."""
+    found = heads.at_heads(settings, plugins, url, purpose="status", files_too=False)
+    if found:
+        return RevisionState(found.current, found.heads, ())
+    url = _sync(url)
     project = alembic_app.load(settings, plugins)
     engine = _engine(url, purpose="status")
     try:
@@ -286,6 +306,12 @@ def _log_changes(project: Project, before: Sequence[str], after: Sequence[str]) 
 
 
 # --- connections ---------------------------------------------------------------
+
+
+def _sync(url: str) -> str:
+    from portal_boot.dburl import to_sync_url
+
+    return to_sync_url(url)
 
 
 def _engine(url: str, purpose: str = "migrate") -> Engine:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from portal_boot.errors import MigrationError
@@ -67,6 +67,27 @@ def list_files(folder: Path, *, recursive: bool = False) -> list[Path]:
     return found
 
 
+def is_recursive(option: str | None) -> bool:
+    """The ``recursive_version_locations`` option of an ``alembic.ini``, as read here."""
+    return (option or "false").strip().lower() in ("true", "1", "yes", "on")
+
+
+def app_files(locations: Sequence[Path], *, recursive: bool, placed: Collection[str]) -> list[Path]:
+    """The application's revision files in its version locations. ``placed`` names
+    the files portal-boot placed in the first location (``link``/``copy``): they
+    stand for the plugin files, read from the plugins. A file reached twice
+    (overlapping locations) is one file, as for Alembic."""
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for location in locations:
+        for path in list_files(location, recursive=recursive):
+            if (path.parent == locations[0] and path.name in placed) or path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
+            found.append(path)
+    return found
+
+
 def _tuple(value: object) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -75,17 +96,11 @@ def _tuple(value: object) -> tuple[str, ...]:
     return tuple(str(v) for v in value)  # type: ignore[union-attr]
 
 
-def read_file(path: Path, plugin: Plugin | None) -> RevisionFile:
-    """The identifiers of one revision file. Raises MigrationError if it has none."""
-    try:
-        tree = ast.parse(path.read_bytes(), filename=str(path))
-    except SyntaxError as exc:
-        raise MigrationError(
-            f"{path} ({_owner(plugin)}) is not valid Python (line {exc.lineno}: {exc.msg}): "
-            "fix the file or remove it"
-        ) from None
-    except OSError as exc:
-        raise MigrationError(f"cannot read {path}: {exc.strerror or exc}") from None
+def literal_identifiers(source: bytes, path: Path) -> dict[str, object] | None:
+    """The identifiers a revision file assigns at module level, when they are plain
+    literals; None when only importing the file can tell (computed values, or no
+    ``revision`` at all). Raises SyntaxError."""
+    tree = ast.parse(source, filename=str(path))
     values: dict[str, object] = {}
     for node in tree.body:
         if isinstance(node, ast.Assign):
@@ -98,10 +113,14 @@ def read_file(path: Path, plugin: Plugin | None) -> RevisionFile:
             if isinstance(target, ast.Name) and target.id in _FIELDS:
                 try:
                     values[target.id] = ast.literal_eval(value)
-                except ValueError:
+                except (ValueError, TypeError):  # not a literal (TypeError: unhashable)
                     values[target.id] = _DYNAMIC
     if "revision" not in values or _DYNAMIC in values.values():
-        values = _import_identifiers(path, plugin)
+        return None
+    return values
+
+
+def revision_file(values: dict[str, object], path: Path, plugin: Plugin | None) -> RevisionFile:
     return RevisionFile(
         revision=str(values["revision"]),
         down_revisions=_tuple(values.get("down_revision")),
@@ -110,6 +129,26 @@ def read_file(path: Path, plugin: Plugin | None) -> RevisionFile:
         path=path,
         plugin=plugin,
     )
+
+
+def read_file(path: Path, plugin: Plugin | None) -> RevisionFile:
+    """The identifiers of one revision file. Raises MigrationError if it has none."""
+    try:
+        values = literal_identifiers(path.read_bytes(), path)
+    except SyntaxError as exc:
+        raise MigrationError(
+            f"{path} ({_owner(plugin)}) is not valid Python (line {exc.lineno}: {exc.msg}): "
+            "fix the file or remove it"
+        ) from None
+    except ValueError as exc:  # a NUL byte: Python 3.11 raises ValueError, not SyntaxError
+        raise MigrationError(
+            f"{path} ({_owner(plugin)}) is not valid Python ({exc}): fix the file or remove it"
+        ) from None
+    except OSError as exc:
+        raise MigrationError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if values is None:
+        values = _import_identifiers(path, plugin)
+    return revision_file(values, path, plugin)
 
 
 def _import_identifiers(path: Path, plugin: Plugin | None) -> dict[str, object]:
@@ -139,10 +178,29 @@ def _owner(plugin: Plugin | None) -> str:
     return "the application" if plugin is None else f"plugin {plugin.name}"
 
 
-def read_plugin(plugin: Plugin) -> list[RevisionFile]:
-    if plugin.migrations_dir is None:
+def plugin_files(plugin: Plugin) -> list[Path]:
+    """The revision files of one plugin, in Alembic's order. Raises MigrationError
+    for a link that leads out of the plugin's package: its revisions are its own
+    files, not whatever a link points at (a file anyone could write would run as a
+    migration)."""
+    folder = plugin.migrations_dir
+    if folder is None:
         return []
-    return [read_file(path, plugin) for path in list_files(plugin.migrations_dir)]
+    home = (plugin.package_dir or folder.parent).resolve()
+    found = list_files(folder)
+    for path in [folder, *found]:
+        real = path.resolve()
+        if not real.is_relative_to(home):
+            raise MigrationError(
+                f"{path} (plugin {plugin.name}) is a link to {real}, outside the plugin's "
+                f"package {home}: a plugin's revisions must be files of its own; reinstall "
+                "the plugin, or disable it (ENABLED_PLUGINS)"
+            )
+    return found
+
+
+def read_plugin(plugin: Plugin) -> list[RevisionFile]:
+    return [read_file(path, plugin) for path in plugin_files(plugin)]
 
 
 # --- the graph -------------------------------------------------------------------

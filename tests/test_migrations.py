@@ -78,9 +78,12 @@ def test_core_upgrade_to_heads_then_a_second_run_is_a_no_op(
     caplog.clear()
     migrations.upgrade(settings(example), [], url=pg_url)
     messages = [r.getMessage() for r in caplog.records]
-    assert "database at the heads (core_0002): nothing to apply" in messages
+    assert (
+        "migrate: nothing to do, database at heads core_0002 (checked without Alembic)" in messages
+    )
     assert not [m for m in messages if m.startswith("Running upgrade")]
     assert current(pg_url) == {"core_0002"}
+    assert _other_sessions(pg_url) == []  # the fast check's connection is closed too
 
 
 def _other_sessions(url: str) -> list[str]:
@@ -201,10 +204,10 @@ def test_missing_alembic_config_is_a_usage_error(tmp_path: Path, pg_url: str) ->
     broken.write_text("[alembic\nscript_location = x\n")
     with pytest.raises(UsageError, match="cannot read the Alembic configuration"):
         migrations.upgrade(settings(broken), [], url=pg_url)
-    empty = tmp_path / "empty.ini"
-    empty.write_text("[alembic]\n")
-    with pytest.raises(UsageError, match="no script_location"):
-        migrations.upgrade(settings(empty), [], url=pg_url)
+    for name, text in (("empty.ini", "[alembic]\n"), ("other.ini", "[other]\nx = 1\n")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(UsageError, match=r"no \[alembic\] section with a script_location"):
+            migrations.upgrade(settings(tmp_path / name), [], url=pg_url)
 
 
 def test_sqlite_upgrade_and_no_op(example: Path, tmp_path: Path) -> None:
@@ -272,7 +275,7 @@ def test_cli_migrate_generic_template_then_no_op(
         *migrate_args(generic_project, pg_url), env=clean_env, cwd=generic_project.parent
     )
     assert second.returncode == 0, second.stderr
-    assert "nothing to apply" in second.stderr
+    assert "nothing to do, database at heads core_0002 (checked without Alembic)" in second.stderr
     assert "Running upgrade" not in second.stderr
     assert tables(pg_url) == CORE_TABLES
 

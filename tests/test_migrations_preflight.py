@@ -184,10 +184,10 @@ def test_sync_places_records_and_removes_its_own(tmp_path: Path, mode: str) -> N
     versions = tmp_path / "versions"
     versions.mkdir()
     files = _plugin_files(tmp_path)
-    assert not migration_files.in_place(versions, files, mode)
+    assert not migration_files.in_place(versions, [f.path for f in files], mode)
     placed = migration_files.sync(versions, files, mode)
     assert {p.name for p in placed} == {"s3_0001_buckets.py", "s3_0002_objects.py"}
-    assert migration_files.in_place(versions, files, mode)
+    assert migration_files.in_place(versions, [f.path for f in files], mode)
     assert (versions / "s3_0001_buckets.py").is_symlink() == (mode == "link")
     manifest = json.loads((versions / migration_files.MANIFEST_NAME).read_text())["files"]
     assert manifest["s3_0002_objects.py"]["revision"] == "s3_0002"
@@ -211,7 +211,7 @@ def test_sync_after_a_crash_between_announcing_and_placing(tmp_path: Path) -> No
     entries = migration_files.read_manifest(versions)
     entry = entries[files[0].path.name]
     entries[files[0].path.name] = {
-        **entry, "signature": migration_files._wanted(files[0], "copy"), "previous": entry["signature"],
+        **entry, "signature": migration_files._wanted(files[0].path, "copy"), "previous": entry["signature"],
     }  # fmt: skip
     migration_files._write_manifest(versions, entries)
     assert (versions / files[0].path.name).read_bytes() == old
