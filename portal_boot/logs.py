@@ -25,7 +25,10 @@ _secrets: set[str] = set()
 def add_secret(secret: str | None) -> None:
     """Mask ``secret`` (and its URL-encoded forms) in every later log line and error."""
     if secret and len(secret) >= 3:
-        _secrets.update({secret, quote(secret, safe=""), quote_plus(secret)})
+        # As given, percent-encoded, form-encoded, and as SQLAlchemy renders it in a URL.
+        _secrets.update(
+            {secret, quote(secret, safe=""), quote_plus(secret), quote(secret, safe=" +")}
+        )
 
 
 def scrub(text: str) -> str:
