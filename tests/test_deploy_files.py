@@ -397,8 +397,8 @@ def test_every_name_mentioned_exists(path: Path) -> None:
         (
             ("serve", "--wait-for-migratons"),
             {},
-            "not portal-boot flags",
-        ),  # a typo uvicorn would get
+            "No such option",
+        ),  # a typo: refused by the CLI itself, never passed to uvicorn
         (("migrate", "--too", "s3_plugin@base"), {}, "No such option"),
         (("upgrade",), {}, "no such command"),
         (
