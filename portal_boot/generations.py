@@ -25,7 +25,6 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -76,17 +75,26 @@ def read_state(generation: Path | None) -> dict[str, Any] | None:
     if generation is None:
         return None
     try:
-        return json.loads((generation / STATE_FILE).read_text(encoding="utf-8"))
+        state = json.loads((generation / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return state if isinstance(state, dict) else None
 
 
 def write_state(generation: Path, state: dict[str, Any]) -> None:
-    """Write the state file atomically (also used to update a live generation's
-    request digest, where a torn write would cost a needless reinstall)."""
-    tmp = generation / f"{STATE_FILE}.{secrets.token_hex(4)}"
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, generation / STATE_FILE)
+    """Write the state file atomically: a reader sees the old state or the new one.
+
+    Also used to update a live generation (its request digest, a verification it
+    passed again); there, a lost update only costs the next boot a verification.
+    Raises OSError (a read-only target, say), leaving no temporary file behind."""
+    tmp = generation / f"{STATE_FILE}.{os.urandom(4).hex()}"
+    try:
+        tmp.write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, generation / STATE_FILE)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def check_target(target: Path) -> None:
@@ -163,7 +171,7 @@ def clean_leftovers(target: Path) -> None:
 
 def new_build(target: Path, digest: str) -> tuple[Path, str]:
     """A fresh, empty ``.building-<id>`` folder and the generation id it will get."""
-    gen_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{digest[:12]}-{secrets.token_hex(3)}"
+    gen_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{digest[:12]}-{os.urandom(3).hex()}"
     build = home(target) / f"{_BUILDING}{gen_id}"
     build.mkdir(mode=0o755)
     return build, gen_id
@@ -185,7 +193,7 @@ def publish(target: Path, build: Path, gen_id: str) -> Path:
     generation = home(target) / gen_id
     os.rename(build, generation)
     _fsync_dir(generation.parent)
-    link = target.parent / f"{_link_prefix(target)}{secrets.token_hex(4)}"
+    link = target.parent / f"{_link_prefix(target)}{os.urandom(4).hex()}"
     os.symlink(os.path.relpath(generation, target.parent), link)
     try:
         if target.is_dir() and not target.is_symlink():
@@ -205,6 +213,39 @@ def publish(target: Path, build: Path, gen_id: str) -> Path:
         raise InstallError(f"cannot switch {target} to the new generation ({exc})") from None
     _fsync_dir(target.parent)
     return generation
+
+
+def untidy(target: Path) -> bool:
+    """Whether an interrupted install left something behind: a half-built generation,
+    or more finished ones than the current and the previous (a crash after the switch,
+    before the old ones were removed). One ``listdir``; never raises."""
+    try:
+        names = os.listdir(home(target))
+    except OSError:
+        return False
+    finished = [name for name in names if not name.startswith(".")]
+    return len(finished) > 2 or any(name.startswith(_BUILDING) for name in names)
+
+
+def tidy(target: Path) -> None:
+    """What the interrupted install would have done after its switch: remove the
+    leftovers and every generation but the current and the newest other one. Only if
+    the install lock is free right now (a running installer will do it) and the volume
+    is writable; a no-op that needs neither must not wait for, or fail on, either."""
+    try:
+        with locked(target, timeout=0):
+            current = current_generation(target)
+            if current is None:
+                return
+            clean_leftovers(target)
+            others = sorted(
+                path for path in home(target).iterdir()
+                if not path.name.startswith(".") and path.name != current.name
+            )  # fmt: skip
+            log.info("install: removing what an interrupted install left behind")
+            prune(target, {current, *others[-1:]})  # names begin with the UTC time
+    except (InstallError, OSError) as exc:
+        log.debug("install: leftovers not removed now (%s)", exc)
 
 
 def prune(target: Path, keep: set[Path]) -> None:

@@ -1,11 +1,14 @@
 """``install`` and ``verify``: signed plugin wheels into a fresh generation of the target.
 
-Pipeline: stage (copy or download into a private folder, see
-:mod:`portal_boot.staging`) -> verify the copies -> inspect them -> compare the set's
-digest with the current generation's (equal: a no-op, nothing runs, nothing is
-compiled or written) -> under the install lock, unpack into a new generation ->
-compile bytecode -> check requirements -> switch the target to it atomically (see
-:mod:`portal_boot.generations`). Any failure leaves the target as it was.
+Pipeline: if the current generation recorded a verification of exactly these wheels,
+signatures, keys and settings that has not lapsed, a no-op that stages nothing and
+runs no gpg (why that is safe: :mod:`portal_boot.noop`). Otherwise: stage (copy or
+download into a private folder, see :mod:`portal_boot.staging`) -> verify the copies
+-> inspect them -> compare the set's digest with the current generation's (equal: a
+no-op, nothing is compiled; the verification is recorded) -> under the install lock,
+unpack into a new generation -> compile bytecode -> check requirements -> switch the
+target to it atomically (see :mod:`portal_boot.generations`). Any failure leaves the
+target as it was.
 
 The installer is PyPA's ``installer``, in this process: it unpacks a wheel exactly
 as its RECORD says (checking every file's hash), runs no build, reads no pip
@@ -20,22 +23,18 @@ slower on every start.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import shutil
 import sys
 import time
 import warnings
 import zipfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from portal_boot import generations as gens
-from portal_boot import staging
+from portal_boot import noop, staging
 from portal_boot.errors import InstallError
 from portal_boot.settings import Settings
 from portal_boot.staging import InstalledWheel
@@ -46,8 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["InstallResult", "InstalledWheel", "current_generation", "install", "verify"]
 
 log = logging.getLogger(__name__)
-
-LAYOUT = 1  # bump when a generation's content would differ for the same wheels
 
 current_generation = gens.current_generation
 
@@ -81,56 +78,6 @@ def verify(settings: Settings) -> list[Verified]:
             dataclasses.replace(item, path=source / name, signature=source / item.signature.name)
         )
     return out
-
-
-def _digest(payload: dict[str, Any]) -> str:
-    base = {"layout": LAYOUT, "python": sys.implementation.cache_tag, "executable": sys.executable}
-    return hashlib.sha256(json.dumps({**base, **payload}, sort_keys=True).encode()).hexdigest()
-
-
-def _set_digest(wheels: Sequence[InstalledWheel]) -> str:
-    # The interpreter is in it because scripts' shebangs and the .pyc files depend on it.
-    return _digest({"wheels": sorted((w.file, w.sha256) for w in wheels)})
-
-
-def _keys_digest(keys: Path | None) -> str:
-    if keys is None:
-        return "none"
-    digest = hashlib.sha256()
-    with contextlib.suppress(OSError):  # unreadable keys: verification will say so
-        files = sorted(p for p in keys.iterdir() if p.is_file()) if keys.is_dir() else [keys]
-        for path in files:
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def request_digest(settings: Settings) -> str | None:
-    """For an index install: a digest of everything that decides what gets installed
-    and whether it is trusted, or None unless every requirement is an exact pin
-    (``==1.0.0``), the only case where the same request means the same files."""
-    from packaging.requirements import InvalidRequirement, Requirement
-
-    from portal_boot.index import pip_env
-
-    for raw in settings.requirements:
-        try:
-            req = Requirement(raw)
-        except InvalidRequirement:
-            return None
-        specs = list(req.specifier)
-        pinned = len(specs) == 1 and specs[0].operator in ("==", "===")
-        if req.url or not pinned or "*" in specs[0].version:
-            return None
-    pip = sorted((k, v) for k, v in pip_env(settings.environ).items() if k.startswith("PIP_"))
-    return _digest(
-        {
-            "requirements": sorted(settings.requirements),
-            "pip": pip,
-            "signatures": settings.signatures,
-            "fingerprints": sorted(settings.trusted_fingerprints),
-            "keys": _keys_digest(settings.trusted_keys),
-        }
-    )
 
 
 # --- building a generation ------------------------------------------------------------
@@ -230,8 +177,13 @@ def _build(
 # --- the step -------------------------------------------------------------------------
 
 
-def _noop(generation: Path, state: dict[str, Any], started: float, why: str) -> InstallResult:
+def _noop(
+    target: Path, generation: Path, state: dict[str, Any], started: float, why: str
+) -> InstallResult:
     wheels = tuple(InstalledWheel(**w) for w in state.get("wheels", ()))
+    log.debug("install: no-op decided in %.1f ms", (time.monotonic() - started) * 1000)
+    if gens.untidy(target):  # an install killed after its switch, before its clean-up
+        gens.tidy(target)
     log.info(
         "install: no-op, %s: generation %s already holds these %d wheel%s",
         why,
@@ -242,9 +194,44 @@ def _noop(generation: Path, state: dict[str, Any], started: float, why: str) -> 
     return InstallResult(generation, False, state["digest"], wheels, time.monotonic() - started)
 
 
+def _record(
+    generation: Path,
+    state: dict[str, Any],
+    prepared: staging.Prepared,
+    verified: dict[str, Any] | None,
+    request: str | None,
+) -> None:
+    """Record a passed verification (with the signers: a generation installed with
+    signatures off has none) and the request in a live generation, atomically; on a
+    read-only target, skip it (the next boot verifies again)."""
+    update: dict[str, Any] = {}
+    if verified:
+        update["verified"] = verified
+        update["wheels"] = [dataclasses.asdict(wheel) for _, wheel in prepared.wheels]
+    if request:
+        update["request"] = request
+    if not update or all(state.get(k) == v for k, v in update.items()):
+        return
+    try:
+        gens.write_state(generation, {**state, **update})
+    except OSError as exc:
+        log.debug("install: verification not recorded in %s (%s)", generation.name, exc)
+
+
+def _verification(
+    settings: Settings, prepared: staging.Prepared, request: str | None
+) -> dict[str, Any] | None:
+    """The record of the verification the staged files just passed (None: signatures
+    off, or nothing that could prove it again)."""
+    if settings.signatures != "require":
+        return None
+    return noop.record(settings, noop.staged_files(prepared.staged), prepared.verified, request)
+
+
 def install(settings: Settings) -> InstallResult:
     """Stage, verify and install the wheels into a new generation of the target, then
-    switch the target to it atomically. A no-op when the same set is installed.
+    switch the target to it atomically. A no-op when the same set is installed;
+    without staging or gpg when :mod:`portal_boot.noop` can prove it.
 
     Raises SignatureError (3) before anything is written; UsageError (2) for a
     missing or empty wheel folder; InstallError (4) for a wheel that
@@ -256,27 +243,38 @@ def install(settings: Settings) -> InstallResult:
     gens.check_target(target)
     current = gens.current_generation(target)
     state = gens.read_state(current)
-    request = request_digest(settings) if settings.requirements else None
-    if request and current and state and state.get("request") == request:
-        return _noop(current, state, started, "same pinned requirements and index settings")
+    request = noop.request_digest(settings) if settings.requirements else None
+    if current and state:
+        if settings.requirements:
+            same, why = noop.request_unchanged(settings, state, request) if request else (
+                False, "the requirements are not all exact pins")  # fmt: skip
+        else:
+            same, why = noop.folder_unchanged(settings, state)
+        if same:
+            return _noop(target, current, state, started, why)
+        log.debug("install: staging and verifying: %s", why)
     with staging.folder() as folder:
-        wheels = staging.prepare(settings, folder)
-        digest = _set_digest([wheel for _, wheel in wheels])
+        prepared = staging.prepare(settings, folder)
+        wheels = prepared.wheels
+        digest = noop.set_digest([wheel for _, wheel in wheels])
+        verified = _verification(settings, prepared, request)
         if current and state and state.get("digest") == digest:
-            if request:
-                with contextlib.suppress(OSError):
-                    gens.write_state(current, {**state, "request": request})
-            return _noop(current, state, started, "same wheels")
+            _record(current, state, prepared, verified, request)
+            return _noop(target, current, state, started, "same wheels")
         with gens.locked(target, settings.lock_timeout):
             # Another replica may have installed this very set while we waited.
             current = gens.current_generation(target)
             state = gens.read_state(current)
             if current and state and state.get("digest") == digest:
-                return _noop(current, state, started, "installed meanwhile by another process")
+                _record(current, state, prepared, verified, request)
+                return _noop(
+                    target, current, state, started, "installed meanwhile by another process"
+                )
             gens.clean_leftovers(target)
             new_state = {
                 "digest": digest,
                 "request": request,
+                "verified": verified,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "wheels": [dataclasses.asdict(wheel) for _, wheel in wheels],
             }
@@ -327,11 +325,11 @@ def is_pending(settings: Settings) -> bool:
     if state is None:
         return True
     if settings.requirements:
-        request = request_digest(settings)
+        request = noop.request_digest(settings)
         return request is None or state.get("request") != request
     assert settings.wheel_dir is not None
     wheels = [
         InstalledWheel("", "", path.name, staging.sha256(path), None)
         for path in staging.folder_wheels(settings.wheel_dir)
     ]
-    return _set_digest(wheels) != state.get("digest")
+    return noop.set_digest(wheels) != state.get("digest")

@@ -13,6 +13,11 @@ skipped). A revocation certificate may sit in a file of its own. GnuPG's trust d
 plays no part (``--trust-model always``), so validity is judged here, from gpg's status
 lines, never from python-gnupg's ``status``, which reads "signature valid" for an
 expired or revoked key.
+
+Each verification also reports when it stops holding by the passage of time alone:
+the earliest expiry of the signing key, its primary key and the signature itself
+(None when none of them expires). :mod:`portal_boot.noop` records it, so that a warm
+boot can skip gpg until then.
 """
 
 from __future__ import annotations
@@ -22,19 +27,27 @@ import dataclasses
 import logging
 import os
 import shutil
+import signal
+import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-
-import gnupg
+from typing import TYPE_CHECKING
 
 from portal_boot import proc
 from portal_boot.errors import SignatureError
+
+if TYPE_CHECKING:
+    import gnupg  # imported when a keyring is opened: a warm boot's no-op runs no gpg
 
 log = logging.getLogger(__name__)
 
 KEY_SUFFIXES = (".asc", ".gpg", ".pub", ".key")
 SIGNATURE_SUFFIXES = (".asc", ".sig")
+# Bump whenever this module starts refusing something it used to accept: the
+# verifications recorded by earlier rules then no longer let a warm boot skip gpg.
+RULES = 1
 
 # The states check() reports, one per wheel.
 VALID = "valid"
@@ -69,6 +82,9 @@ class Verified:
     path: Path  # the wheel file that was verified
     signature: Path  # the .asc or .sig used (the .asc when both were there, and both verified)
     fingerprint: str  # primary-key fingerprint of the signer (40 hex, upper)
+    # Seconds since the epoch when this verdict stops holding: the earliest expiry of
+    # every signing key, its primary and every signature involved; None: never.
+    expires: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +94,37 @@ class _Verdict:
     signature: Path | None = None
     fingerprint: str | None = None  # the signer's primary key, when known
     detail: str = ""  # what happened and what to do, for the error line
+    expires: int | None = None  # see Verified.expires (VALID verdicts only)
+
+
+def earliest(*moments: int | None) -> int | None:
+    """The earliest of ``moments``, None (never) when all are None."""
+    known = [m for m in moments if m is not None]
+    return min(known) if known else None
+
+
+def _timestamp(raw: str | None) -> int | None:
+    """gpg's expiry field: empty or "0" is never; seconds since the epoch, or (with some
+    options) ISO 8601 ``20200102T000000``. Unreadable counts as already expired (0),
+    so that nothing is ever skipped on a value we do not understand."""
+    raw = (raw or "").strip()
+    if raw in ("", "0"):
+        return None
+    if raw.isdigit():
+        return int(raw)
+    import calendar
+    import time
+
+    try:
+        return calendar.timegm(time.strptime(raw, "%Y%m%dT%H%M%S"))
+    except ValueError:
+        return 0
+
+
+def find_gpg(environ: Mapping[str, str]) -> str | None:
+    """The gpg binary on the children's PATH (never os.environ's), or None."""
+    search = environ.get("PATH", os.defpath)
+    return shutil.which("gpg", path=search) or shutil.which("gpg2", path=search)
 
 
 def verify_files(
@@ -109,7 +156,7 @@ def verify_files(
     for v in verdicts:
         assert v.signature is not None and v.fingerprint is not None  # a VALID verdict has both
         log.info("verified %s: signed by %s", v.wheel.name, v.fingerprint)
-        verified.append(Verified(v.wheel, v.signature, v.fingerprint))
+        verified.append(Verified(v.wheel, v.signature, v.fingerprint, v.expires))
     return verified
 
 
@@ -152,6 +199,7 @@ class _Keyring:
         self.gpg = gpg
         self.allowed = allowed
         self.known: dict[str, tuple[str, str]] = {}  # key or subkey -> (primary, validity)
+        self.expires: dict[str, int | None] = {}  # key or subkey -> its expiry (None: never)
 
     @classmethod
     @contextlib.contextmanager
@@ -164,16 +212,16 @@ class _Keyring:
                 "keys (or, strongly discouraged, turn checks off with --signatures off)"
             )
         files = _key_files(Path(keys))
-        search = environ.get("PATH", os.defpath)  # never os.environ: children get `environ`
-        binary = shutil.which("gpg", path=search) or shutil.which("gpg2", path=search)
+        binary = find_gpg(environ)
         if binary is None:
             raise SignatureError("gpg not found on PATH: install GnuPG 2 in the image (gpg)")
         _quiet_gnupg()
         home = _private_home(environ)
         env = {**environ, "GNUPGHOME": str(home)}
+        children: list[subprocess.Popen[bytes]] = []
         try:
             try:
-                gpg = gnupg.GPG(
+                gpg = _tracked_gpg(children)(
                     gpgbinary=binary, gnupghome=str(home), env=env, options=_GPG_OPTIONS
                 )
             except (OSError, ValueError) as exc:
@@ -182,6 +230,7 @@ class _Keyring:
             ring._load(files)
             yield ring
         finally:
+            _stop(children)
             _remove_home(home, binary, env)
 
     def _load(self, files: list[Path]) -> None:
@@ -195,8 +244,10 @@ class _Keyring:
         for key in self.gpg.list_keys():
             primary = key["fingerprint"]
             self.known[primary] = (primary, key.get("trust", ""))
+            self.expires[primary] = _timestamp(key.get("expires"))
             for sub in (key.get("subkey_info") or {}).values():
                 self.known[sub["fingerprint"]] = (primary, sub.get("trust", ""))
+                self.expires[sub["fingerprint"]] = _timestamp(sub.get("expires"))
         primaries = {primary for primary, _ in self.known.values()}
         if not primaries:
             raise SignatureError(f"no public key could be imported from {_KEYS}")
@@ -235,7 +286,10 @@ class _Keyring:
         except OSError as exc:
             return _Verdict(wheel, UNREADABLE, detail=f"cannot read it ({exc.strerror or exc})")
         verdicts = [self._judge_file(wheel, sig) for sig in signatures]
-        return next((v for v in verdicts if v.state != VALID), verdicts[0])
+        failed = next((v for v in verdicts if v.state != VALID), None)
+        if failed:
+            return failed
+        return dataclasses.replace(verdicts[0], expires=earliest(*(v.expires for v in verdicts)))
 
     def _judge_file(self, wheel: Path, sig: Path) -> _Verdict:
         try:
@@ -256,19 +310,31 @@ class _Keyring:
         if not groups:
             detail = f"{sig.name} holds no detached OpenPGP signature: {_RESIGN}"
             return _Verdict(wheel, BAD, sig, detail=detail)
-        signer = None
+        signer, expires = None, []
         for group in groups:
             state, fpr, detail = self._judge_signature(sig, group)
             if state != VALID:
                 return _Verdict(wheel, state, sig, fpr, detail)
             signer = signer or fpr
+            expires.append(self._expiry(group))
         # Belt and braces: nothing went wrong on the side, and gpg and python-gnupg agree.
         trouble = next((" ".join(f) for f in lines if f[0] in _TROUBLE), None)
         if trouble or result.returncode != 0 or not result.valid:
             why = trouble or f"exit status {result.returncode}"
             detail = f"gpg did not accept {sig.name} ({why}): {_RESIGN}"
             return _Verdict(wheel, BAD, sig, signer, detail)
-        return _Verdict(wheel, VALID, sig, signer)
+        return _Verdict(wheel, VALID, sig, signer, expires=earliest(*expires))
+
+    def _expiry(self, g: dict[str, list[str]]) -> int | None:
+        """When a good signature's verdict lapses: the signing key's, its primary's or
+        the signature's own expiry (VALIDSIG's fourth field), whichever comes first."""
+        valid = g["VALIDSIG"]  # a VALID signature always has one
+        signing = valid[0]
+        primary = valid[9] if len(valid) > 9 else signing
+        own = _timestamp(valid[3]) if len(valid) > 3 else None
+        # A key we did not list cannot sign validly; 0 = "lapsed", never skip on it.
+        keys = [self.expires.get(fpr, 0) for fpr in dict.fromkeys((signing, primary))]
+        return earliest(own, *keys)
 
     def _judge_signature(self, sig: Path, g: dict[str, list[str]]) -> tuple[str, str | None, str]:
         """(state, primary fingerprint, detail) of one signature's status lines."""
@@ -312,6 +378,55 @@ class _Keyring:
         return VALID, primary, ""
 
 
+def _tracked_gpg(children: list[subprocess.Popen[bytes]]) -> type[gnupg.GPG]:
+    """python-gnupg's GPG, noting every gpg it starts in ``children``: it starts them
+    with its own Popen, not :mod:`portal_boot.proc`, and a SIGTERM that interrupts its
+    wait would otherwise leave that gpg running after portal-boot has gone."""
+    import gnupg
+
+    class TrackedGPG(gnupg.GPG):
+        def _open_subprocess(self, *args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+            with _signals_deferred():
+                child = super()._open_subprocess(*args, **kwargs)
+                children.append(child)
+            return child
+
+    return TrackedGPG
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Run the block with SIGTERM and SIGINT held back until its end. A handler that
+    raises (SIGTERM's Terminated) inside Popen, after the fork but before Popen
+    returns, would leave a running gpg that no one holds, so no one can stop it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread runs Python signal handlers
+        return
+    caught: list[int] = []
+    held = (signal.SIGTERM, signal.SIGINT)
+    previous = {signum: signal.signal(signum, lambda n, _: caught.append(n)) for signum in held}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)  # now, to whatever handled it before
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    """Stop and reap any gpg still running (none, unless an exception interrupted one)."""
+    for child in children:
+        if child.poll() is not None:
+            continue
+        child.terminate()
+        try:
+            child.wait(0.5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
 def _key_files(keys: Path) -> list[Path]:
     if keys.is_dir():
         files = sorted(
@@ -343,14 +458,19 @@ def _remove_home(home: Path, binary: str, env: Mapping[str, str]) -> None:
     gpgconf = shutil.which("gpgconf", path=str(Path(binary).parent)) or shutil.which(
         "gpgconf", path=env.get("PATH", os.defpath)
     )
-    if gpgconf:
-        # --no-autostart should leave nothing to stop; make sure nothing outlives us.
-        try:
-            proc.run([gpgconf, "--homedir", home, "--kill", "all"], env=env,
-                     error=SignatureError, what="gpgconf --kill all", check=False)  # fmt: skip
-        except SignatureError as exc:
-            log.debug("%s", exc)
-    shutil.rmtree(home, ignore_errors=True)
+    try:
+        if gpgconf:
+            # --no-autostart should leave nothing to stop; make sure nothing outlives us.
+            # Signals wait for it (a few ms): stopped midway, gpgconf would orphan the
+            # gpg-connect-agent it starts.
+            try:
+                with _signals_deferred():
+                    proc.run([gpgconf, "--homedir", home, "--kill", "all"], env=env,
+                             error=SignatureError, what="gpgconf --kill all", check=False)  # fmt: skip
+            except SignatureError as exc:
+                log.debug("%s", exc)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 class _QuietGnupg(logging.Filter):

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SDISTS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
+_SIGNATURES = (".asc", ".sig")  # signatures.SIGNATURE_SUFFIXES (a test holds them equal)
 WHEEL_DIR = "--wheel-dir / PORTAL_BOOT_WHEEL_DIR"
 
 
@@ -54,6 +55,7 @@ def folder() -> Iterator[Path]:
     In the system temp, not beside the target: a warm boot that turns out to be a
     no-op must work with a read-only or root-owned target (a baked image)."""
     path = Path(tempfile.mkdtemp(prefix="portal-boot-staging-"))
+    log.debug("install: staging into %s", path)
     try:
         yield path
     finally:
@@ -91,6 +93,13 @@ def folder_wheels(wheel_dir: Path) -> list[Path]:
             f"wheels there, or unset {WHEEL_DIR} to run without plugins"
         )
     return wheels
+
+
+def signature_files(wheel: Path) -> list[Path]:
+    """The ``.asc`` and ``.sig`` files beside ``wheel``: the ones that are staged with it
+    (and hashed in place by :mod:`portal_boot.noop`)."""
+    candidates = [wheel.with_name(wheel.name + suffix) for suffix in _SIGNATURES]
+    return [path for path in candidates if path.is_file()]
 
 
 def sha256(path: Path) -> str:
@@ -132,10 +141,8 @@ def stage(settings: Settings, staging: Path) -> dict[Path, str]:
     staged = {}
     for wheel in folder_wheels(settings.wheel_dir):
         staged[staging / wheel.name] = _copy(wheel, staging / wheel.name)
-        for suffix in (".asc", ".sig"):
-            signature = wheel.with_name(wheel.name + suffix)
-            if signature.is_file():
-                _copy(signature, staging / signature.name)
+        for signature in signature_files(wheel):
+            _copy(signature, staging / signature.name)
     return staged
 
 
@@ -202,8 +209,15 @@ def _inspect(path: Path, digest: str, signer: str | None, supported: set[Any]) -
     return InstalledWheel(str(name), str(version), path.name, digest, signer)
 
 
-def prepare(settings: Settings, staging: Path) -> list[tuple[Path, InstalledWheel]]:
-    """Stage, verify and inspect every wheel: each staged path with what it is.
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    wheels: list[tuple[Path, InstalledWheel]]  # each staged wheel with what it is
+    staged: dict[Path, str]  # each staged wheel with its sha256
+    verified: list[Verified]  # empty with --signatures off
+
+
+def prepare(settings: Settings, staging: Path) -> Prepared:
+    """Stage, verify and inspect every wheel.
     Raises SignatureError, UsageError or InstallError; writes only into ``staging``."""
     staged = stage(settings, staging)
     results = verify(settings, list(staged))
@@ -219,4 +233,4 @@ def prepare(settings: Settings, staging: Path) -> list[tuple[Path, InstalledWhee
             )
         seen[wheel.name] = wheel.file
         wheels.append((path, wheel))
-    return wheels
+    return Prepared(wheels, staged, [item for item in results.values() if item is not None])

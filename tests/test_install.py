@@ -7,12 +7,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import gpgkeys
 import pytest
 import wheels
 from cli_helpers import assert_one_line_failure, portal_boot
@@ -49,6 +51,17 @@ def tree(root: Path) -> dict[str, str]:
             else:
                 out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
+
+
+def resign(key: gpgkeys.Key, wheel: Path, note: str) -> Path:
+    """A new ``.asc`` for ``wheel`` by ``key`` whose bytes surely differ from any other:
+    a notation makes it unique (ed25519 signatures made in the same second are equal)."""
+    key.lab.gpg(
+        "--yes", "--local-user", f"{key.signing_fingerprint}!", "--armor",
+        "--set-notation", f"note@portal-boot.test={note}",
+        "--detach-sign", "--output", f"{wheel}.asc", str(wheel),
+    )  # fmt: skip
+    return wheel.with_name(wheel.name + ".asc")
 
 
 def imported(target: Path, module: str, env: dict[str, str]) -> str:
@@ -110,17 +123,33 @@ def test_install_makes_plugins_importable_and_discoverable(
     assert "install: 2 wheels into generation" in result.stderr
 
 
-def test_same_wheels_again_is_a_no_op(
+def test_same_wheels_again_is_a_no_op(tmp_path, target, installed, signing_keys, clean_env):
+    before = tree(target.parent)
+    # A copy elsewhere: the same bytes (wheels, signatures, keys) are what make it the same set.
+    folder = shutil.copytree(tmp_path / "v1", tmp_path / "again")
+    result = install(folder, target, signing_keys, clean_env, "--log-level", "debug")
+    assert result.returncode == 0, result.stderr
+    assert f"(no gpg run): generation {installed.name} already holds" in result.stderr
+    assert "staging into" not in result.stderr  # nothing copied (tests/test_install_warm.py)
+    assert "unpacking" not in result.stderr  # the installer never ran
+    assert tree(target.parent) == before  # nothing compiled, nothing written
+
+
+def test_same_wheels_with_fresh_signatures_is_a_verified_no_op(
     tmp_path, target, installed, plugin_wheels, signing_keys, clean_env
 ):
     before = tree(target.parent)
-    # Fresh copies, fresh signatures: the same wheel bytes are what makes it the same set.
-    folder = signed_folder(tmp_path / "again", plugin_wheels.alpha_v1, key=signing_keys.good)
+    folder = signed_folder(tmp_path / "again", plugin_wheels.alpha_v1, key=None)
+    resign(signing_keys.good, folder / plugin_wheels.alpha_v1.name, "fresh")
     result = install(folder, target, signing_keys, clean_env, "--log-level", "debug")
     assert result.returncode == 0, result.stderr
+    assert "staging and verifying: the signatures, keys" in result.stderr
     assert f"no-op, same wheels: generation {installed.name}" in result.stderr
     assert "unpacking" not in result.stderr  # the installer never ran
-    assert tree(target.parent) == before  # nothing compiled, nothing written
+    # Only the state changed: it records the verification of the new signature.
+    after = tree(target.parent)
+    state = str(Path(".plugins.generations", installed.name, ".portal-boot.json"))
+    assert {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)} == {state}
 
 
 def test_upgrade_replaces_the_old_version_and_keeps_one_previous_generation(

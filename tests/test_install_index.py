@@ -162,3 +162,31 @@ def test_a_project_with_only_a_source_distribution_is_refused(
     assert_one_line_failure(result, 4, "with pip", "No matching distribution", "PIP_INDEX_URL")
     assert not target.exists()
     assert "/packages/portal-gamma-plugin-1.0.0.tar.gz" not in index.requests  # never fetched
+
+
+def test_the_pinned_no_op_honours_the_signing_key_expiry(
+    tmp_path, index, plugin_wheels, gpg_keys, clean_env
+):
+    from test_install_warm import IN_2020, GpgSpy, refused
+
+    # Signed, published and installed while the key was valid (2020, on gpg's clock).
+    signed = signed_folder(
+        tmp_path / "signed", plugin_wheels.gamma, plugin_wheels.gamma_lib, key=gpg_keys.expired
+    )
+    index.publish(*sorted(signed.glob("*.whl")))
+    keys = gpg_keys.expired.export(tmp_path / "keys" / "expired.asc")
+    spy = GpgSpy.make(tmp_path / "spy")
+    target = tmp_path / "volume" / "plugins"
+    argv = ("install", "--requirement", "portal-gamma-plugin==1.0.0", "--target", str(target),
+            "--trusted-keys", str(keys), "--log-level", "debug")  # fmt: skip
+    env = index_env(clean_env, index)
+    first = portal_boot(*argv, env=spy.env(env, faked=IN_2020), timeout=180)
+    assert first.returncode == 0, first.stderr
+    generation = installer.current_generation(target)
+    state = (generation / ".portal-boot.json").read_text()
+    assert '"expires": 1577923200' in state and '"request": "' in state
+    # Today the same pins would be a no-op that contacts nothing, but the key has expired.
+    again = portal_boot(*argv, env=spy.env(env), timeout=180)
+    assert "expires or expired at 2020-01-02" in again.stderr
+    refused(again, 3, "expired key")
+    assert installer.current_generation(target) == generation

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import gpgkeys
@@ -44,6 +45,12 @@ def trusted(tmp_path: Path, *keys: gpgkeys.Key) -> Path:
     return gpgkeys.export_keys(tmp_path / "keys" / "trusted.asc", *keys)
 
 
+def expiries(key: gpgkeys.Key) -> dict[str, int | None]:
+    from test_install_warm import key_expiries
+
+    return key_expiries(key)
+
+
 def refused(wheels: list[Path], keys: Path | None, env: dict[str, str], *, fingerprints=()) -> str:
     """Run verify_files expecting a refusal; return the message after checking its form."""
     with pytest.raises(SignatureError) as caught:
@@ -64,7 +71,9 @@ def test_good_signature(keyset, tmp_path, stage, env, armor):
     sig = keyset.good.sign(w, armor=armor)
     assert sig.name == WHEEL + (".asc" if armor else ".sig")
     result = verify_files([w], keys=trusted(tmp_path, keyset.good), environ=env)
-    assert result == [Verified(path=w, signature=sig, fingerprint=keyset.good.fingerprint)]
+    expires = expiries(keyset.good)[keyset.good.fingerprint]
+    assert result == [Verified(w, sig, keyset.good.fingerprint, expires)]
+    assert expires is not None and expires > time.time() + 365 * 86400  # a 2-year key
 
 
 def test_subkey_signature_reports_the_primary_fingerprint(keyset, tmp_path, stage, env):
@@ -378,3 +387,152 @@ def test_check_without_gpg_does_not_raise(keyset, tmp_path, stage, caplog):
     result = check([w], keys=trusted(tmp_path, keyset.good), environ={"PATH": str(tmp_path)})
     assert result == [(w, None, signatures.NOT_CHECKED)]
     assert "gpg not found" in caplog.text
+
+
+# --- when a verification lapses (recorded for the warm no-op, portal_boot/noop.py) ----
+
+
+def test_expiry_of_a_subkey_signature_is_the_earlier_of_subkey_and_primary(
+    keyset, tmp_path, stage, env
+):
+    w = wheel(stage)
+    keyset.subkey.sign(w)
+    [result] = verify_files([w], keys=trusted(tmp_path, keyset.subkey), environ=env)
+    known = expiries(keyset.subkey)
+    both = (known[keyset.subkey.fingerprint], known[keyset.subkey.signing_fingerprint])
+    assert None not in both and result.expires == min(both)
+
+
+def sign_expiring(key: gpgkeys.Key, file: Path, output: Path, *, armor: bool = True) -> Path:
+    """A detached signature of ``file`` that itself expires in 3 days."""
+    key.lab.gpg(
+        "--yes", "--local-user", f"{key.signing_fingerprint}!", *(["--armor"] if armor else []),
+        "--default-sig-expire", "3d", "--detach-sign", "--output", str(output), str(file),
+    )  # fmt: skip
+    return output
+
+
+def in_3_days(moment: int | None) -> bool:
+    return moment is not None and abs(moment - (time.time() + 3 * 86400)) < 300
+
+
+def test_expiry_of_a_signature_that_expires_before_its_key(keyset, tmp_path, stage, env):
+    w = wheel(stage)
+    sign_expiring(keyset.good, w, stage / f"{WHEEL}.asc")
+    [result] = verify_files([w], keys=trusted(tmp_path, keyset.good), environ=env)
+    assert in_3_days(result.expires)
+
+
+@pytest.mark.parametrize("layout", ["one file", "asc and sig"])
+def test_expiry_is_the_earliest_over_every_signature(layout, keyset, tmp_path, stage, env):
+    # The one that lapses first comes last: not just the first signature's expiry.
+    w = wheel(stage)
+    if layout == "one file":
+        first = keyset.other.sign(w, armor=False, output=tmp_path / "1.sig")
+        second = sign_expiring(keyset.good, w, tmp_path / "2.sig", armor=False)
+        gpgkeys.concat_signatures(stage / f"{WHEEL}.sig", first, second)
+    else:
+        keyset.other.sign(w)  # .asc
+        sign_expiring(keyset.good, w, stage / f"{WHEEL}.sig", armor=False)
+    keys = trusted(tmp_path, keyset.good, keyset.other)
+    [result] = verify_files([w], keys=keys, environ=env)
+    assert result.fingerprint == keyset.other.fingerprint  # the first signer is reported
+    assert in_3_days(result.expires)
+
+
+def test_a_key_that_never_expires_gives_no_expiry(keyset, tmp_path, stage, env):
+    lab = keyset.lab
+    made = lab.gpg(
+        "--quick-gen-key", "forever <forever@portal-boot.test>", "ed25519", "sign", "never"
+    )
+    fingerprint = lab._created(made)
+    key = gpgkeys.Key(lab, "forever", fingerprint, fingerprint)
+    w = wheel(stage)
+    key.sign(w)
+    [result] = verify_files([w], keys=trusted(tmp_path, key), environ=env)
+    assert result.expires is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "moment"),
+    [("", None), ("0", None), ("1577923200", 1577923200), ("20200102T000000", 1577923200),
+     ("next tuesday", 0)],
+)  # fmt: skip
+def test_gpg_timestamps(raw, moment):
+    # Unreadable counts as already lapsed (0): nothing is ever skipped on a guess.
+    assert signatures._timestamp(raw) == moment
+
+
+def test_importing_the_module_does_not_import_gnupg():
+    import subprocess
+    import sys
+
+    code = "import sys, portal_boot.signatures; print('gnupg' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_a_gpg_interrupted_by_a_signal_does_not_outlive_verification(keyset, tmp_path, stage, env):
+    # A gpg that hangs on --verify; an exception from a signal handler interrupts the
+    # wait (as SIGTERM's Terminated does): that gpg must be stopped and reaped.
+    import signal
+    import textwrap
+
+    real, pidfile = shutil.which("gpg"), tmp_path / "gpg.pid"
+    spy = tmp_path / "bin"
+    spy.mkdir()
+    (spy / "gpg").write_text(
+        textwrap.dedent(f"""\
+            #!/bin/sh
+            case " $* " in *" --verify "*) echo $$ > {pidfile}; exec sleep 30;; esac
+            exec {real} "$@"
+        """)
+    )
+    (spy / "gpg").chmod(0o755)
+    w = wheel(stage)
+    keyset.good.sign(w)
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    try:
+        with pytest.raises(Interrupted):
+            verify_files(
+                [w], keys=trusted(tmp_path, keyset.good),
+                environ={**env, "PATH": f"{spy}:{env['PATH']}"},
+            )  # fmt: skip
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    pid = int(pidfile.read_text())
+    with pytest.raises(ProcessLookupError):  # gone, and reaped (a zombie would answer)
+        os.kill(pid, 0)
+
+
+def test_signals_wait_for_a_gpg_to_be_started_and_held():
+    import signal
+
+    class Stopped(Exception):
+        pass
+
+    def stop(signum, frame):
+        raise Stopped
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    reached = []
+    try:
+        with pytest.raises(Stopped), signatures._signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # a handler would have run by now
+            reached.append("end of the block")
+        assert reached == ["end of the block"]
+        assert signal.getsignal(signal.SIGTERM) is stop  # restored
+    finally:
+        signal.signal(signal.SIGTERM, previous)
