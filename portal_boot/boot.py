@@ -147,11 +147,10 @@ def serve(
 def run(settings: Settings, *, uvicorn_args: Sequence[str] = ()) -> NoReturn:
     """verify -> install -> wait-db -> migrate -> serve."""
     started = time.monotonic()
-    # Fail on a missing or malformed URL before doing any work (SQLAlchemy's grammar,
-    # without importing it: see dburl.components).
-    from portal_boot.dburl import sync_components
+    # Fail on a URL no wait can fix (malformed, unknown driver) before doing any work.
+    from portal_boot.wait import check_url
 
-    sync_components(settings.require_database_url())
+    check_url(settings.require_database_url())
     with step("install"):
         install(settings)
     with step("wait-db"):

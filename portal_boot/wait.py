@@ -184,6 +184,14 @@ def wait_for_database(url: str, *, timeout: float, max_interval: float = 0.5) ->
     return waited
 
 
+def check_url(url: str) -> None:
+    """Refuse now, connecting to nothing, a URL that no wait can make work: malformed,
+    an unknown or missing driver, bad parameters, a SQLite file in a folder that does
+    not exist. Raises UsageError."""
+    parsed = sync_components(url)
+    _prober(url, parsed, parsed.where())
+
+
 def _retry(
     attempt: Callable[[], None],
     deadline: float,
