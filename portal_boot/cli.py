@@ -213,7 +213,20 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _redeliver(unraisable: Any) -> None:
+    """``sys.unraisablehook``. A SIGTERM that lands while a finalizer runs (python-gnupg's
+    ``Popen.__del__``) raises Terminated where no exception can propagate: Python would
+    print "Exception ignored" and go on as if no signal had come. Deliver it again in
+    10 ms, to whatever runs then (raising here would be swallowed the same way)."""
+    if isinstance(unraisable.exc_value, Terminated):
+        signal.signal(signal.SIGALRM, _on_sigterm)
+        signal.setitimer(signal.ITIMER_REAL, 0.01)
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def _fail(exc: BaseException, code: int, kind: str) -> int:
+    signal.setitimer(signal.ITIMER_REAL, 0)  # a SIGTERM _redeliver would send is moot now
     settings = _current.get("settings")
     debug = settings is not None and settings.log_level == "debug"
     trace = None
@@ -235,6 +248,7 @@ def _fail(exc: BaseException, code: int, kind: str) -> int:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     signal.signal(signal.SIGTERM, _on_sigterm)
+    sys.unraisablehook = _redeliver
     try:
         cli.main(args=argv, prog_name="portal-boot", standalone_mode=False)
         code = 0

@@ -130,6 +130,18 @@ def _choice(*allowed: str) -> Callable[[str, str], str]:
     return parse
 
 
+def _app(raw: str, where: str) -> str:
+    # Otherwise uvicorn finds out after the install and the migrations, and exits 3:
+    # portal-boot's "signature verification failed".
+    value = _text(raw, where)
+    module, colon, attribute = value.partition(":")
+    if not colon or not all(p.isidentifier() for p in [*module.split("."), *attribute.split(".")]):
+        raise UsageError(
+            f"{where}={raw!r} is not an ASGI app: give module:attribute (e.g. app.main:app)"
+        )
+    return value
+
+
 def _fingerprints(raw: str, where: str) -> tuple[str, ...]:
     out = []
     for item in _list(raw, where):
@@ -185,7 +197,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("db_timeout", "--db-timeout", ("PORTAL_BOOT_DB_TIMEOUT",), _seconds),
     Option("lock_timeout", "--lock-timeout", ("PORTAL_BOOT_LOCK_TIMEOUT",), _seconds),
-    Option("app", "--app", ("PORTAL_BOOT_APP",), _text),
+    Option("app", "--app", ("PORTAL_BOOT_APP",), _app),
     Option("host", "--host", ("PORTAL_BOOT_HOST",), _text),
     Option("port", "--port", ("PORTAL_BOOT_PORT",), _port),
     Option("log_format", "--log-format", ("PORTAL_BOOT_LOG_FORMAT",), _choice("text", "json")),
