@@ -27,16 +27,15 @@ import dataclasses
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from portal_boot import proc
 from portal_boot.errors import SignatureError
+from portal_boot.proc import signals_deferred
 
 if TYPE_CHECKING:
     import gnupg  # imported when a keyring is opened: a warm boot's no-op runs no gpg
@@ -394,24 +393,9 @@ def _tracked_gpg(children: list[subprocess.Popen[bytes]]) -> type[gnupg.GPG]:
     return TrackedGPG
 
 
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Run the block with SIGTERM and SIGINT held back until its end. A handler that
-    raises (SIGTERM's Terminated) inside Popen, after the fork but before Popen
-    returns, would leave a running gpg that no one holds, so no one can stop it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread runs Python signal handlers
-        return
-    caught: list[int] = []
-    held = (signal.SIGTERM, signal.SIGINT)
-    previous = {signum: signal.signal(signum, lambda n, _: caught.append(n)) for signum in held}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for signum in dict.fromkeys(caught):
-            signal.raise_signal(signum)  # now, to whatever handled it before
+# A handler that raises (SIGTERM's Terminated) inside Popen, after the fork but before
+# Popen returns, would leave a running gpg that no one holds: hold signals back there.
+_signals_deferred = signals_deferred
 
 
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:
