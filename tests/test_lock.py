@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from boot_support import until
 from cli_helpers import assert_one_line_failure, portal_boot
 from sqlalchemy.engine import make_url
 from test_migrations_support import (
@@ -71,14 +72,7 @@ def _start(
 
 
 def _until(condition: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    return until(condition, timeout, what, every=0.05)
 
 
 def _sleeping_backend(url: str) -> list[int]:
