@@ -154,7 +154,7 @@ class BootScenario:
                 "--port",
                 str(port),
             ]
-            return Launch(argv, app, ws.portal_boot_env(), "portal_boot.launch", cleanup)
+            return Launch(argv, app, ws.portal_boot_env(), "portal_boot.serve.launch", cleanup)
         env = ws.env(
             WHEEL_DIR=str(wheels.wheel_dir),
             TARGET=str(target),

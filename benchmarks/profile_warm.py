@@ -171,7 +171,7 @@ def main() -> int:
             f"\n== imports before the exec (boot with importtime: {traced.seconds * 1000:.0f} ms) =="
         )
         say("\n".join(summarize(before, args.top)))
-        say("\n== imports after the exec (portal_boot.launch -> uvicorn -> app) ==")
+        say("\n== imports after the exec (portal_boot.serve.launch -> uvicorn -> app) ==")
         say("\n".join(summarize(after, args.top)))
 
         port = harness.free_port()

@@ -45,9 +45,9 @@ def verify(settings: Settings) -> None:
     if _nothing_to_install(settings):
         return
     _warn_if_unsigned(settings)
-    from portal_boot import install as installer
+    from portal_boot import wheels
 
-    installer.verify(settings)
+    wheels.verify(settings)
 
 
 def install(settings: Settings) -> None:
@@ -56,27 +56,9 @@ def install(settings: Settings) -> None:
     if _nothing_to_install(settings):
         return
     _warn_if_unsigned(settings)
-    from portal_boot import install as installer
+    from portal_boot import wheels
 
-    installer.install(settings)
-
-
-def refuse_unsigned_generation(settings: Settings) -> None:
-    """Nothing unsigned runs: a generation installed with ``--signatures off`` is not
-    served while signatures are required. Raises SignatureError."""
-    if settings.signatures == "off":
-        return
-    from portal_boot.errors import SignatureError
-    from portal_boot.generations import current_generation, read_state
-
-    state = read_state(current_generation(settings.target)) or {}
-    unsigned = [w.get("file", "?") for w in state.get("wheels", ()) if not w.get("signer")]
-    if unsigned:
-        raise SignatureError(
-            f"the installed plugins {', '.join(unsigned)} were installed with signatures off: "
-            "run portal-boot install with signatures required (the default), or set "
-            "--signatures / PORTAL_BOOT_SIGNATURES=off to serve them anyway"
-        )
+    wheels.install(settings)
 
 
 def sync_url(settings: Settings) -> str:
@@ -95,7 +77,7 @@ def db_url(settings: Settings) -> str:
 
 def wait_db(settings: Settings) -> None:
     """Wait until the database answers. Raises DatabaseError or UsageError."""
-    from portal_boot.wait import wait_for_database
+    from portal_boot.database import wait_for_database
 
     # The URL as given: wait-db converts it itself without importing SQLAlchemy.
     wait_for_database(settings.require_database_url(), timeout=settings.db_timeout)
@@ -123,7 +105,7 @@ def migrate(
     url = settings.require_database_url()
     if wait and not sql:
         wait_db(settings)
-    migrations.upgrade(settings, plugins, url=url, sql=sql, to=to)
+    migrations.migrate(settings, plugins, url=url, sql=sql, to=to)
 
 
 def serve(
@@ -131,8 +113,9 @@ def serve(
 ) -> NoReturn:
     """Exec uvicorn with the installed plugins importable. Never returns."""
     from portal_boot import serve as server
+    from portal_boot import wheels
 
-    refuse_unsigned_generation(settings)
+    wheels.refuse_unsigned_generation(settings.target, settings.signatures)
     if wait_for_migrations:
         from portal_boot import migrations
 
@@ -141,14 +124,15 @@ def serve(
             migrations.wait_until_at_heads(
                 settings, enabled_plugins(settings), url=settings.require_database_url()
             )
-    server.exec_uvicorn(settings, uvicorn_args)
+    plugin_path = wheels.current_generation(settings.target) or settings.target
+    server.exec_uvicorn(settings, plugin_path, uvicorn_args)
 
 
 def run(settings: Settings, *, uvicorn_args: Sequence[str] = ()) -> NoReturn:
     """verify -> install -> wait-db -> migrate -> serve."""
     started = time.monotonic()
     # Fail on a URL no wait can fix (malformed, unknown driver) before doing any work.
-    from portal_boot.wait import check_url
+    from portal_boot.database import check_url
 
     check_url(settings.require_database_url())
     with step("install"):

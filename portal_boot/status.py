@@ -72,10 +72,10 @@ class Report:
 
 
 def _wheels(settings: Settings, report: Report) -> None:
-    from portal_boot import install
+    from portal_boot import wheels
 
     if settings.requirements:
-        if install.is_pending(settings):
+        if wheels.is_pending(settings):
             report.install_pending = True
             report._flag(4, "the pinned requirements differ from the installed generation: run portal-boot install")
         return
@@ -83,7 +83,7 @@ def _wheels(settings: Settings, report: Report) -> None:
         return
 
     try:
-        states = install.wheel_states(settings)
+        states = wheels.wheel_states(settings)
     except BootError as exc:
         report._flag(exc.exit_code, str(exc))
         return
@@ -91,20 +91,19 @@ def _wheels(settings: Settings, report: Report) -> None:
         report.wheels.append({"file": path.name, "state": state, "signer": signer})
         if state != "valid" and settings.signatures == "require":
             report._flag(3, f"{path.name}: {state}")
-    if install.is_pending(settings):
+    if wheels.is_pending(settings):
         report.install_pending = True
         report._flag(4, "the wheel folder differs from the installed generation: run portal-boot install")
 
 
 def _plugins(settings: Settings, report: Report) -> list[Any]:
-    from portal_boot import install
-    from portal_boot.boot import refuse_unsigned_generation
+    from portal_boot import wheels
     from portal_boot.plugins import discover_installed, select
 
-    generation = install.current_generation(settings.target)
+    generation = wheels.current_generation(settings.target)
     report.generation = generation.name if generation else None
     try:
-        refuse_unsigned_generation(settings)
+        wheels.refuse_unsigned_generation(settings.target, settings.signatures)
     except BootError as exc:
         report._flag(exc.exit_code, str(exc))
     found = discover_installed(settings.target, settings.entry_point_group)
@@ -131,8 +130,8 @@ def _database(settings: Settings, report: Report, plugins: list[Any]) -> None:
     if not settings.database_url:
         return
     from portal_boot import migrations
+    from portal_boot.database import wait_for_database
     from portal_boot.dburl import mask, parse, to_sync_url
-    from portal_boot.wait import wait_for_database
 
     try:
         url = to_sync_url(settings.database_url)

@@ -189,7 +189,7 @@ def version_rows(url: str) -> set[str]:
 
 def advisory_locks(url: str) -> list[int]:
     """Backends holding portal-boot's migration lock."""
-    from portal_boot.lock import LOCK_KEY
+    from portal_boot.migrations.lock import LOCK_KEY
 
     return query(
         url,

@@ -39,7 +39,7 @@ from wheels import signed_folder
 from portal_boot.dburl import to_sync_url
 from portal_boot.errors import UsageError
 from portal_boot.settings import OPTIONS, resolve
-from portal_boot.staging import _unsafe_entry
+from portal_boot.wheels.staging import _unsafe_entry
 
 plugin_wheels = wheels.plugin_wheels
 signing_keys = wheels.signing_keys

@@ -53,8 +53,8 @@ from sqlalchemy.engine import make_url
 from test_wait import Stderr
 from wheels import signed_folder
 
-from portal_boot import install as installer
-from portal_boot.lock import LOCK_KEY
+from portal_boot import wheels as installer
+from portal_boot.migrations.lock import LOCK_KEY
 
 plugin_wheels = wheels.plugin_wheels
 signing_keys = wheels.signing_keys
@@ -443,8 +443,8 @@ def test_sigterm_in_every_phase(trials, sigterm_world, tmp_path, pg_server: PgSe
 # runs in portal-boot's main thread just before wait-db, and the signal arrives then.
 _IN_A_FINALIZER = """
 import os, signal, sys, time
-from portal_boot import wait
-real = wait.wait_for_database
+import portal_boot.database as database
+real = database.wait_for_database
 
 class Finalizer:
     def __del__(self):
@@ -455,7 +455,7 @@ def wait_for_database(*args, **kwargs):
     Finalizer()
     return real(*args, **kwargs)
 
-wait.wait_for_database = wait_for_database
+database.wait_for_database = wait_for_database
 from portal_boot.cli import main
 main(sys.argv[1:])
 """

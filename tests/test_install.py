@@ -20,10 +20,11 @@ import wheels
 from cli_helpers import assert_one_line_failure, portal_boot
 from wheels import GROUP, MISSING_REQUIREMENT, SigningKeys, build_wheel, signed_folder
 
-from portal_boot import install as installer
+from portal_boot import wheels as installer
 from portal_boot.errors import InstallError
 from portal_boot.plugins import discover
 from portal_boot.settings import Settings
+from portal_boot.wheels.installer import InstallResult
 
 # Session fixtures shared by the install tests (built once: wheels, gpg keys).
 plugin_wheels = wheels.plugin_wheels
@@ -359,7 +360,7 @@ def test_kill_9_during_an_install_leaves_the_previous_generation_in_use(
 # --- the requirement check, through the API (no CLI needed to see a message) ---------
 
 
-def _api_install(tmp_path: Path, *wheels: Path) -> installer.InstallResult:
+def _api_install(tmp_path: Path, *wheels: Path) -> InstallResult:
     folder = signed_folder(tmp_path / "w", *wheels, key=None)
     settings = Settings(wheel_dir=folder, target=tmp_path / "t" / "plugins", signatures="off")
     return installer.install(settings)
@@ -402,7 +403,7 @@ def test_requirement_check(case, tmp_path):
 
 def test_a_package_the_image_already_has_is_reported(tmp_path, caplog):
     shadow = build_wheel(tmp_path / "src", "portal-shadow-plugin", "1.0", {"click/__init__.py": ""})
-    with caplog.at_level(logging.WARNING, logger="portal_boot.install"):
+    with caplog.at_level(logging.WARNING, logger="portal_boot.wheels"):
         _api_install(tmp_path, shadow)
     assert "portal-shadow-plugin 1.0 ships click, which the image already has" in caplog.text
 

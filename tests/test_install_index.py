@@ -20,7 +20,7 @@ from cli_helpers import assert_one_line_failure, portal_boot
 from test_install import imported, tree
 from wheels import SigningKeys, signed_folder
 
-from portal_boot import install as installer
+from portal_boot import wheels as installer
 
 # Session fixtures shared by the install tests (built once: wheels, gpg keys).
 plugin_wheels = wheels.plugin_wheels

@@ -1,6 +1,6 @@
 """The warm no-op: an install that changes nothing stages nothing and runs no gpg,
 when the generation recorded a verification of exactly these files, keys and settings
-that has not lapsed (portal_boot/noop.py says why that is safe); anything else takes
+that has not lapsed (portal_boot/wheels/unchanged.py says why that is safe); anything else takes
 the full path, which verifies again and fails closed.
 
 Every test runs portal-boot through the CLI with real wheels, real keys and the real
@@ -28,9 +28,10 @@ from cli_helpers import assert_one_line_failure, portal_boot
 from test_install import resign, tree
 from wheels import signed_folder
 
-from portal_boot import generations, noop, staging
-from portal_boot import install as installer
+from portal_boot import wheels as installer
 from portal_boot.settings import Settings
+from portal_boot.wheels import generations, staging
+from portal_boot.wheels import unchanged as noop
 
 plugin_wheels = wheels.plugin_wheels
 
@@ -187,7 +188,7 @@ def test_a_warm_no_op_imports_neither_gnupg_nor_the_installer(world):
     code = textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from portal_boot import install
+        from portal_boot import wheels as install
         from portal_boot.settings import Settings
         settings = Settings(wheel_dir=Path({str(world.folder)!r}), target=Path({str(world.target)!r}),
                             trusted_keys=Path({str(world.keys)!r}), environ={world.spy.env(world.env)!r})
@@ -370,17 +371,17 @@ def test_the_expiry_margin_and_a_clock_set_back(world):
     )  # fmt: skip
     state = state_of(world.target)
     expires, at = state["verified"]["expires"], state["verified"]["at"]
-    assert noop.folder_unchanged(settings, state) == (True, NO_GPG.removeprefix("no-op, "))
-    assert noop.folder_unchanged(settings, state, now=expires - noop.MARGIN - 1)[0]
-    near = noop.folder_unchanged(settings, state, now=expires - noop.MARGIN + 1)
+    assert noop.folder_unchanged(installer.request_from(settings), state) == (True, NO_GPG.removeprefix("no-op, "))
+    assert noop.folder_unchanged(installer.request_from(settings), state, now=expires - noop.MARGIN - 1)[0]
+    near = noop.folder_unchanged(installer.request_from(settings), state, now=expires - noop.MARGIN + 1)
     assert near[0] is False and "expires or expired" in near[1]
-    back = noop.folder_unchanged(settings, state, now=at - noop.MARGIN - 1)
+    back = noop.folder_unchanged(installer.request_from(settings), state, now=at - noop.MARGIN - 1)
     assert back == (False, "the clock reads earlier than the recorded verification")
     # A record that does not parse, or was made in another mode, proves nothing.
     for verified in ({**state["verified"], "expires": "soon"}, None, "yes"):
-        assert not noop.folder_unchanged(settings, {**state, "verified": verified})[0]
+        assert not noop.folder_unchanged(installer.request_from(settings), {**state, "verified": verified})[0]
     off = dataclasses.replace(settings, signatures="off")
-    assert noop.folder_unchanged(off, {**state, "verified": None}) == (True, "same wheels")
+    assert noop.folder_unchanged(installer.request_from(off), {**state, "verified": None}) == (True, "same wheels")
     assert world.spy.calls() == []
 
 
@@ -413,12 +414,12 @@ def test_the_pinned_request_check(tmp_path, clean_env):
     settings = Settings(
         requirements=("portal-x-plugin==1.0",), trusted_keys=keys, environ=clean_env
     )
-    request = noop.request_digest(settings)
+    request = noop.request_digest(installer.request_from(settings))
     assert request
     now = int(time.time())
     good = {"request": request, "verifier": noop._verifier(clean_env), "expires": None, "at": now}
     state = {"request": request, "verified": good}
-    assert noop.request_unchanged(settings, state, request)[0]
+    assert noop.request_unchanged(installer.request_from(settings), state, request)[0]
     for verified in (
         None,
         {**good, "request": "another"},
@@ -426,14 +427,14 @@ def test_the_pinned_request_check(tmp_path, clean_env):
         {**good, "expires": now + 10},
         {**good, "at": now + 3600},
     ):
-        assert not noop.request_unchanged(settings, {**state, "verified": verified}, request)[0]
+        assert not noop.request_unchanged(installer.request_from(settings), {**state, "verified": verified}, request)[0]
     no_gpg = dataclasses.replace(settings, environ={**clean_env, "PATH": "/nonexistent"})
-    assert not noop.request_unchanged(no_gpg, state, request)[0]
+    assert not noop.request_unchanged(installer.request_from(no_gpg), state, request)[0]
     off = dataclasses.replace(settings, signatures="off")
-    off_request = noop.request_digest(off)
+    off_request = noop.request_digest(installer.request_from(off))
     assert off_request != request  # the mode is in it
-    assert noop.request_unchanged(off, {"request": off_request}, off_request)[0]
-    assert not noop.request_unchanged(off, state, off_request)[0]
+    assert noop.request_unchanged(installer.request_from(off), {"request": off_request}, off_request)[0]
+    assert not noop.request_unchanged(installer.request_from(off), state, off_request)[0]
 
 
 def test_a_read_only_target_boots_and_verifies_each_time(world, monkeypatch, caplog):
@@ -451,7 +452,7 @@ def test_a_read_only_target_boots_and_verifies_each_time(world, monkeypatch, cap
         wheel_dir=world.folder, target=world.target, trusted_keys=world.keys,
         environ=world.spy.env(world.env),
     )  # fmt: skip
-    caplog.set_level("DEBUG", logger="portal_boot.install")
+    caplog.set_level("DEBUG", logger="portal_boot.wheels")
     for _ in range(2):
         assert not installer.install(settings).changed
         assert "verification not recorded" in caplog.text
@@ -462,7 +463,7 @@ def test_a_read_only_target_boots_and_verifies_each_time(world, monkeypatch, cap
 
 
 def test_staging_and_signatures_agree_on_signature_files():
-    from portal_boot.signatures import SIGNATURE_SUFFIXES
+    from portal_boot.wheels.signatures import SIGNATURE_SUFFIXES
 
     assert staging._SIGNATURES == SIGNATURE_SUFFIXES
 

@@ -25,7 +25,7 @@ from test_migrations_support import (
     tables,
 )
 
-from portal_boot.lock import LOCK_KEY, LOCK_SUFFIX
+from portal_boot.migrations.lock import LOCK_KEY, LOCK_SUFFIX
 
 CORE = {"portal_settings", "data_products", "alembic_version"}
 

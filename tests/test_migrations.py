@@ -67,7 +67,7 @@ def test_core_upgrade_to_heads_then_a_second_run_is_a_no_op(
     example: Path, pg_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    migrations.upgrade(settings(example), [], url=pg_url)
+    migrations.migrate(settings(example), [], url=pg_url)
     assert tables(pg_url) == CORE_TABLES
     assert current(pg_url) == {"core_0002"}
     applied = [r.getMessage() for r in caplog.records if r.getMessage().startswith("applied ")]
@@ -76,7 +76,7 @@ def test_core_upgrade_to_heads_then_a_second_run_is_a_no_op(
     assert _other_sessions(pg_url) == []  # every connection closed before returning
 
     caplog.clear()
-    migrations.upgrade(settings(example), [], url=pg_url)
+    migrations.migrate(settings(example), [], url=pg_url)
     messages = [r.getMessage() for r in caplog.records]
     assert (
         "migrate: nothing to do, database at heads core_0002 (checked without Alembic)" in messages
@@ -101,14 +101,14 @@ def test_revision_state_reports_current_heads_and_pending(example: Path, pg_url:
         ("core_0002",),
         ("core_0001", "core_0002"),
     )
-    migrations.upgrade(settings(example), [], url=pg_url, to="core_0001")
+    migrations.migrate(settings(example), [], url=pg_url, to="core_0001")
     middle = migrations.revision_state(settings(example), [], url=pg_url)
     assert (middle.current, middle.pending, middle.at_heads) == (
         ("core_0001",),
         ("core_0002",),
         False,
     )
-    migrations.upgrade(settings(example), [], url=pg_url)
+    migrations.migrate(settings(example), [], url=pg_url)
     assert _other_sessions(pg_url) == []
     assert migrations.revision_state(settings(example), [], url=pg_url).as_dict() == {
         "current": ["core_0002"], "heads": ["core_0002"], "pending": [],
@@ -116,19 +116,19 @@ def test_revision_state_reports_current_heads_and_pending(example: Path, pg_url:
 
 
 def test_to_an_applied_revision_downgrades(example: Path, pg_url: str) -> None:
-    migrations.upgrade(settings(example), [], url=pg_url)
-    migrations.upgrade(settings(example), [], url=pg_url, to="core_0001")
+    migrations.migrate(settings(example), [], url=pg_url)
+    migrations.migrate(settings(example), [], url=pg_url, to="core_0001")
     assert current(pg_url) == {"core_0001"}
     assert "data_products" not in tables(pg_url)
-    migrations.upgrade(settings(example), [], url=pg_url, to="base")
+    migrations.migrate(settings(example), [], url=pg_url, to="base")
     assert tables(pg_url) == {"alembic_version"}
     assert query(pg_url, "SELECT count(*) FROM alembic_version") == [0]
 
 
 def test_an_unknown_to_is_a_usage_error_naming_the_heads(example: Path, pg_url: str) -> None:
-    migrations.upgrade(settings(example), [], url=pg_url, to="core_0001")
+    migrations.migrate(settings(example), [], url=pg_url, to="core_0001")
     with pytest.raises(UsageError, match=r"--to core_9999: .*heads are core_0002"):
-        migrations.upgrade(settings(example), [], url=pg_url, to="core_9999")
+        migrations.migrate(settings(example), [], url=pg_url, to="core_9999")
 
 
 def test_sql_mode_prints_the_sql_and_needs_no_database(
@@ -136,24 +136,24 @@ def test_sql_mode_prints_the_sql_and_needs_no_database(
 ) -> None:
     # Nothing listens on this port: offline mode must not try.
     url = f"postgresql+psycopg://nobody:secret@127.0.0.1:{free_port()}/nowhere"
-    migrations.upgrade(settings(example), [], url=url, sql=True)
+    migrations.migrate(settings(example), [], url=url, sql=True)
     out = capsys.readouterr().out
     assert "CREATE TABLE portal_settings" in out
     assert "CREATE TABLE data_products" in out
     assert "INSERT INTO alembic_version (version_num) VALUES ('core_0001')" in out
     assert out.strip().endswith("COMMIT;")  # PostgreSQL: one transaction
     # Downgrades: a range, or base (one head: the start is known without a database).
-    migrations.upgrade(settings(example), [], url=url, sql=True, to="core_0002:core_0001")
+    migrations.migrate(settings(example), [], url=url, sql=True, to="core_0002:core_0001")
     out = capsys.readouterr().out
     assert "DROP TABLE data_products" in out and "portal_settings" not in out
-    migrations.upgrade(settings(example), [], url=url, sql=True, to="base")
+    migrations.migrate(settings(example), [], url=url, sql=True, to="base")
     assert "DROP TABLE portal_settings" in capsys.readouterr().out
 
 
 def test_generic_template_env_py_works_unchanged(generic_project: Path, pg_url: str) -> None:
     env_py = generic_project.parent / "migrations/env.py"
     assert env_py.read_bytes() == _alembic_template("env.py")
-    migrations.upgrade(settings(generic_project), [], url=pg_url)
+    migrations.migrate(settings(generic_project), [], url=pg_url)
     assert tables(pg_url) == CORE_TABLES
     assert env_py.read_bytes() == _alembic_template("env.py")
 
@@ -167,14 +167,14 @@ def test_alembic_ini_logging_does_not_take_over(
     root = logging.getLogger()
     handlers = list(root.handlers)
     caplog.set_level(logging.INFO)
-    migrations.upgrade(settings(generic_project), [], url=pg_url)
+    migrations.migrate(settings(generic_project), [], url=pg_url)
     assert root.handlers == handlers
-    assert not logging.getLogger("portal_boot.migrations").disabled
+    assert not logging.getLogger("portal_boot.migrations.apply").disabled
     assert any(r.getMessage() == "applied core_0002 (the application)" for r in caplog.records)
 
 
 def test_no_pycache_is_written_into_the_application(example: Path, pg_url: str) -> None:
-    migrations.upgrade(settings(example), [], url=pg_url)
+    migrations.migrate(settings(example), [], url=pg_url)
     assert not list(example.parent.rglob("__pycache__"))
 
 
@@ -187,7 +187,7 @@ def test_a_failing_revision_is_named_and_nothing_is_applied(example: Path, pg_ur
         )
     )  # fmt: skip
     with pytest.raises(MigrationError) as failure:
-        migrations.upgrade(settings(example), [], url=pg_url)
+        migrations.migrate(settings(example), [], url=pg_url)
     message = str(failure.value)
     assert message.startswith("revision core_0003 (the application) failed: UndefinedTable")
     assert "the database stays at no revision" in message
@@ -199,22 +199,22 @@ def test_a_failing_revision_is_named_and_nothing_is_applied(example: Path, pg_ur
 
 def test_missing_alembic_config_is_a_usage_error(tmp_path: Path, pg_url: str) -> None:
     with pytest.raises(UsageError, match="--alembic-config / PORTAL_BOOT_ALEMBIC_CONFIG"):
-        migrations.upgrade(settings(tmp_path / "nope.ini"), [], url=pg_url)
+        migrations.migrate(settings(tmp_path / "nope.ini"), [], url=pg_url)
     broken = tmp_path / "broken.ini"
     broken.write_text("[alembic\nscript_location = x\n")
     with pytest.raises(UsageError, match="cannot read the Alembic configuration"):
-        migrations.upgrade(settings(broken), [], url=pg_url)
+        migrations.migrate(settings(broken), [], url=pg_url)
     for name, text in (("empty.ini", "[alembic]\n"), ("other.ini", "[other]\nx = 1\n")):
         (tmp_path / name).write_text(text)
         with pytest.raises(UsageError, match=r"no \[alembic\] section with a script_location"):
-            migrations.upgrade(settings(tmp_path / name), [], url=pg_url)
+            migrations.migrate(settings(tmp_path / name), [], url=pg_url)
 
 
 def test_sqlite_upgrade_and_no_op(example: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'portal.db'}"
-    migrations.upgrade(settings(example), [], url=url)
+    migrations.migrate(settings(example), [], url=url)
     assert tables(url) == CORE_TABLES
-    migrations.upgrade(settings(example), [], url=url)
+    migrations.migrate(settings(example), [], url=url)
     assert current(url) == {"core_0002"}
     assert migrations.revision_state(settings(example), [], url=url).at_heads
 
@@ -257,7 +257,7 @@ def test_cli_migrate_with_a_password_full_of_url_characters(
         assert secret not in result.stdout + result.stderr
     assert tables(pg_url) == CORE_TABLES
     # And directly, with the sync URL (the '%' must survive configparser).
-    migrations.upgrade(
+    migrations.migrate(
         settings(example), [], url=url.replace("+asyncpg", "+psycopg"), to="core_0001"
     )
     assert current(pg_url) == {"core_0001"}

@@ -1,4 +1,4 @@
-"""The warm path (portal_boot.heads): a database already at the heads is noticed
+"""The warm path (portal_boot.migrations.at_heads): a database already at the heads is noticed
 without importing Alembic or SQLAlchemy, and everything else still goes the full
 way. Real PostgreSQL and SQLite, real revision files, the CLI in child processes."""
 
@@ -23,7 +23,8 @@ from test_migrations_support import (
     snowflake_plugin,
 )
 
-from portal_boot import alembic_app, heads, preflight
+from portal_boot import migrations
+from portal_boot.migrations import at_heads, project, revisions
 
 FAST = "(checked without Alembic)"
 HEADS = {"s3_0002", "snowflake_0001"}
@@ -236,7 +237,7 @@ def test_what_the_check_does_not_model_is_left_to_the_full_path(app: Path, tmp_p
         "sqlite://",  # in memory: empty by definition
         f"sqlite:///{missing}",  # not created yet
     ):
-        assert heads.at_heads(s, [], url) is None, url
+        assert at_heads.at_heads(migrations.sources_from(s), [], url, timeout=5) is None, url
     assert not missing.exists()  # the look did not create the file
 
 
@@ -272,12 +273,12 @@ def test_the_version_locations_are_alembics(
     if extra and extra.startswith("script_location"):
         lines = ["[alembic]"]
     ini.write_text("\n".join(lines) + "\n" + (extra or "") + "\n[loggers]\nkeys = root\n")
-    config = alembic_app._read_config(ini)
+    config = project._read_config(ini)
     expected = (
-        alembic_app._app_locations(config),
-        preflight.is_recursive(config.get_main_option("recursive_version_locations")),
+        project._app_locations(config),
+        revisions.is_recursive(config.get_main_option("recursive_version_locations")),
     )
-    assert heads.read_locations(ini) == expected
+    assert at_heads.read_locations(ini) == expected
 
 
 @pytest.mark.parametrize(
@@ -293,5 +294,5 @@ def test_the_version_locations_are_alembics(
 def test_an_ini_it_cannot_read_like_alembic_is_undecided(body: str, tmp_path: Path) -> None:
     ini = tmp_path / "alembic.ini"
     ini.write_text("[alembic]\n" + body)
-    with pytest.raises(heads.Undecided):
-        heads.read_locations(ini)
+    with pytest.raises(at_heads.Undecided):
+        at_heads.read_locations(ini)

@@ -29,7 +29,7 @@ from test_migrations_support import (
 
 from portal_boot import migrations
 from portal_boot.errors import DatabaseError, MigrationError
-from portal_boot.migration_files import MANIFEST_NAME
+from portal_boot.migrations.placement import MANIFEST_NAME
 from portal_boot.plugins import discover
 
 CORE = {"portal_settings", "data_products", "alembic_version"}
@@ -372,7 +372,7 @@ def test_wait_until_at_heads_returns_once_another_process_migrated(
     waiter.start()
     time.sleep(1.0)
     assert waiter.is_alive(), outcome
-    migrations.upgrade(settings(app, both), plugins, url=pg_url)
+    migrations.migrate(settings(app, both), plugins, url=pg_url)
     waiter.join(10)
     assert "error" not in outcome, outcome
     assert 1.0 <= outcome["waited"] < 4.0  # type: ignore[operator]
@@ -382,7 +382,7 @@ def test_wait_until_at_heads_times_out_naming_what_is_pending(
     app: Path, both: Path, pg_url: str
 ) -> None:
     plugins = discover([both], GROUP)
-    migrations.upgrade(settings(app), [], url=pg_url)
+    migrations.migrate(settings(app), [], url=pg_url)
     started = time.monotonic()
     with pytest.raises(
         MigrationError, match=r"3 revision\(s\) pending \(s3_0001, snowflake_0001, s3_0002\)"
@@ -411,7 +411,7 @@ def test_cli_serve_wait_for_migrations_times_out_with_status_6(
 
 def test_revision_state_with_plugins(app: Path, both: Path, pg_url: str) -> None:
     plugins = discover([both], GROUP)
-    migrations.upgrade(settings(app, both), plugins, url=pg_url, to="core_0002")
+    migrations.migrate(settings(app, both), plugins, url=pg_url, to="core_0002")
     state = migrations.revision_state(settings(app, both), plugins, url=pg_url)
     assert state.current == ("core_0002",)
     assert state.heads == ("core_0002", "s3_0002", "snowflake_0001")
@@ -427,5 +427,5 @@ def test_a_plugin_revision_may_import_its_package(app: Path, target: Path, pg_ur
             + create_table("models") + "\nassert C.name == 'models_plugin'",
         )},
     )  # fmt: skip
-    migrations.upgrade(settings(app, target), discover([target], GROUP), url=pg_url)
+    migrations.migrate(settings(app, target), discover([target], GROUP), url=pg_url)
     assert "models" in tables(pg_url)

@@ -20,15 +20,16 @@ from test_migrations_support import (
     tables,
 )
 
-from portal_boot import migration_files, migrations, preflight
+from portal_boot import migrations
 from portal_boot.errors import MigrationError
+from portal_boot.migrations import placement, preflight, revisions
 from portal_boot.plugins import Plugin, discover
 
 
 def _file(
     rev: str, down=(), deps=(), labels=(), plugin: Plugin | None = None
-) -> preflight.RevisionFile:
-    return preflight.RevisionFile(
+) -> revisions.RevisionFile:
+    return revisions.RevisionFile(
         rev, tuple(down), tuple(deps), tuple(labels), Path(f"/x/{rev}.py"), plugin
     )
 
@@ -79,7 +80,7 @@ def test_read_file_without_importing_it(tmp_path: Path) -> None:
         revision("a1", ["x", "y"], labels=["lab"], depends_on="s3_plugin")
         + "\nraise RuntimeError('never imported')\n"
     )
-    file = preflight.read_file(path, None)
+    file = revisions.read_file(path, None)
     assert (file.revision, file.down_revisions, file.branch_labels, file.depends_on) == (
         "a1", ("x", "y"), ("lab",), ("s3_plugin",),
     )  # fmt: skip
@@ -88,18 +89,18 @@ def test_read_file_without_importing_it(tmp_path: Path) -> None:
 def test_read_file_computed_identifiers_are_imported(tmp_path: Path) -> None:
     path = tmp_path / "b.py"
     path.write_text("PREFIX = 'b'\nrevision = PREFIX + '1'\ndown_revision = None\n")
-    assert preflight.read_file(path, None).revision == "b1"
+    assert revisions.read_file(path, None).revision == "b1"
 
 
 def test_read_file_errors_name_the_file(tmp_path: Path) -> None:
     broken = tmp_path / "c.py"
     broken.write_text("revision = 'c1'\ndef upgrade(:\n")
     with pytest.raises(MigrationError, match=rf"{broken} \(the application\) is not valid Python"):
-        preflight.read_file(broken, None)
+        revisions.read_file(broken, None)
     anonymous = tmp_path / "notes.py"
     anonymous.write_text("x = 1\n")
     with pytest.raises(MigrationError, match="declares no `revision = ...`"):
-        preflight.read_file(anonymous, None)
+        revisions.read_file(anonymous, None)
 
 
 def test_list_files_follows_alembics_rule(tmp_path: Path) -> None:
@@ -107,8 +108,8 @@ def test_list_files_follows_alembics_rule(tmp_path: Path) -> None:
         (tmp_path / name).write_text("")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "e.py").write_text("")
-    assert [p.name for p in preflight.list_files(tmp_path)] == ["a.py"]
-    assert [p.name for p in preflight.list_files(tmp_path, recursive=True)] == ["a.py", "e.py"]
+    assert [p.name for p in revisions.list_files(tmp_path)] == ["a.py"]
+    assert [p.name for p in revisions.list_files(tmp_path, recursive=True)] == ["a.py", "e.py"]
 
 
 @pytest.mark.parametrize(
@@ -173,10 +174,10 @@ def test_check_database_names_a_removed_plugins_revision() -> None:
 # --- link / copy bookkeeping -----------------------------------------------------
 
 
-def _plugin_files(tmp_path: Path) -> list[preflight.RevisionFile]:
+def _plugin_files(tmp_path: Path) -> list[revisions.RevisionFile]:
     target = tmp_path / "target"
     s3_plugin(target)
-    return [f for p in discover([target], GROUP) for f in preflight.read_plugin(p)]
+    return [f for p in discover([target], GROUP) for f in revisions.read_plugin(p)]
 
 
 @pytest.mark.parametrize("mode", ["copy", "link"])
@@ -184,18 +185,18 @@ def test_sync_places_records_and_removes_its_own(tmp_path: Path, mode: str) -> N
     versions = tmp_path / "versions"
     versions.mkdir()
     files = _plugin_files(tmp_path)
-    assert not migration_files.in_place(versions, [f.path for f in files], mode)
-    placed = migration_files.sync(versions, files, mode)
+    assert not placement.in_place(versions, [f.path for f in files], mode)
+    placed = placement.sync(versions, files, mode)
     assert {p.name for p in placed} == {"s3_0001_buckets.py", "s3_0002_objects.py"}
-    assert migration_files.in_place(versions, [f.path for f in files], mode)
+    assert placement.in_place(versions, [f.path for f in files], mode)
     assert (versions / "s3_0001_buckets.py").is_symlink() == (mode == "link")
-    manifest = json.loads((versions / migration_files.MANIFEST_NAME).read_text())["files"]
+    manifest = json.loads((versions / placement.MANIFEST_NAME).read_text())["files"]
     assert manifest["s3_0002_objects.py"]["revision"] == "s3_0002"
-    migration_files.sync(versions, files[:1], mode)
+    placement.sync(versions, files[:1], mode)
     assert sorted(p.name for p in versions.iterdir()) == [
-        migration_files.MANIFEST_NAME, "s3_0001_buckets.py",
+        placement.MANIFEST_NAME, "s3_0001_buckets.py",
     ]  # fmt: skip
-    migration_files.sync(versions, [], mode)
+    placement.sync(versions, [], mode)
     assert list(versions.iterdir()) == []
 
 
@@ -203,19 +204,19 @@ def test_sync_after_a_crash_between_announcing_and_placing(tmp_path: Path) -> No
     versions = tmp_path / "versions"
     versions.mkdir()
     files = _plugin_files(tmp_path)
-    migration_files.sync(versions, files, "copy")
+    placement.sync(versions, files, "copy")
     # A new plugin version changes a file; the run announces the change in the
     # manifest, then dies before replacing the old copy.
     files[0].path.write_text(files[0].path.read_text() + "# 1.0.1\n")
     old = (versions / files[0].path.name).read_bytes()
-    entries = migration_files.read_manifest(versions)
+    entries = placement.read_manifest(versions)
     entry = entries[files[0].path.name]
     entries[files[0].path.name] = {
-        **entry, "signature": migration_files._wanted(files[0].path, "copy"), "previous": entry["signature"],
+        **entry, "signature": placement._wanted(files[0].path, "copy"), "previous": entry["signature"],
     }  # fmt: skip
-    migration_files._write_manifest(versions, entries)
+    placement._write_manifest(versions, entries)
     assert (versions / files[0].path.name).read_bytes() == old
-    migration_files.sync(versions, files, "copy")  # the next run finishes the job
+    placement.sync(versions, files, "copy")  # the next run finishes the job
     assert (versions / files[0].path.name).read_text().endswith("# 1.0.1\n")
 
 
@@ -232,15 +233,15 @@ def test_to_goes_up_down_or_explains_why_nothing_changes(
     plugins = discover([target], GROUP)
     url = f"sqlite:///{tmp_path / 'p.db'}"
     config = settings(ini, target)
-    migrations.upgrade(config, plugins, url=url, to="s3_0001")  # up, its dependencies first
+    migrations.migrate(config, plugins, url=url, to="s3_0001")  # up, its dependencies first
     assert current(url) == {"s3_0001"}
-    migrations.upgrade(config, plugins, url=url)
+    migrations.migrate(config, plugins, url=url)
     caplog.set_level(logging.INFO)
     # core_0002 is applied and nothing after it on the core line: Alembic would
     # refuse the downgrade; portal-boot says why nothing changes.
-    migrations.upgrade(config, plugins, url=url, to="core_0002")
+    migrations.migrate(config, plugins, url=url, to="core_0002")
     assert any("nothing after it on its line" in r.getMessage() for r in caplog.records)
     assert current(url) == {"s3_0002", "snowflake_0001"}
-    migrations.upgrade(config, plugins, url=url, to="core_0001")  # down: core_0002 and s3 go
+    migrations.migrate(config, plugins, url=url, to="core_0001")  # down: core_0002 and s3 go
     assert current(url) == {"snowflake_0001"}
     assert "s3_buckets" not in tables(url) and "snowflake_warehouses" in tables(url)

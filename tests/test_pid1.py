@@ -275,7 +275,7 @@ def test_as_pid_1_no_zombie_reaches_uvicorn(
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc)
         (pid1,) = _children(proc.pid)
-        assert b"portal_boot.launch" in Path(f"/proc/{pid1}/cmdline").read_bytes()
+        assert b"portal_boot.serve.launch" in Path(f"/proc/{pid1}/cmdline").read_bytes()
         around = {pid: (name(pid), state(pid)) for pid in descendants(pid1)}
         assert [p for p, (_, s) in around.items() if s == "Z"] == [], around
     finally:

@@ -79,7 +79,7 @@ def test_run_serves_in_the_same_process(backend: str, tmp_path: Path, clean_env,
         assert json.loads(body)["status"] == "ok"
         # exec: the process that started as portal-boot is now uvicorn.
         cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
-        assert b"portal_boot.launch" in cmdline
+        assert b"portal_boot.serve.launch" in cmdline
         assert b"uvicorn" in Path(f"/proc/{proc.pid}/cmdline").read_bytes() or b"app.main:app" in cmdline
     finally:
         out, err = stop(proc)

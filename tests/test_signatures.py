@@ -11,9 +11,9 @@ from pathlib import Path
 import gpgkeys
 import pytest
 
-from portal_boot import signatures
 from portal_boot.errors import SignatureError
-from portal_boot.signatures import Verified, check, verify_files
+from portal_boot.wheels import keyring, signatures
+from portal_boot.wheels.signatures import Verified, check, verify_files
 
 WHEEL = "demo_plugin-1.0-py3-none-any.whl"
 
@@ -320,14 +320,14 @@ def test_gpg_missing_fails_closed(keyset, tmp_path, stage, env):
 
 def test_private_keyring_is_removed(keyset, tmp_path, stage, env, monkeypatch):
     homes: list[Path] = []
-    real = signatures._private_home
+    real = keyring._private_home
 
     def spy(environ):
         homes.append(real(environ))
         assert oct(homes[-1].stat().st_mode & 0o777) == "0o700"
         return homes[-1]
 
-    monkeypatch.setattr(signatures, "_private_home", spy)
+    monkeypatch.setattr(keyring, "_private_home", spy)
     w = wheel(stage)
     keyset.good.sign(w)
     verify_files([w], keys=trusted(tmp_path, keyset.good), environ=env)
@@ -389,7 +389,7 @@ def test_check_without_gpg_does_not_raise(keyset, tmp_path, stage, caplog):
     assert "gpg not found" in caplog.text
 
 
-# --- when a verification lapses (recorded for the warm no-op, portal_boot/noop.py) ----
+# --- when a verification lapses (recorded for the warm no-op, portal_boot/wheels/unchanged.py) ----
 
 
 def test_expiry_of_a_subkey_signature_is_the_earlier_of_subkey_and_primary(
@@ -460,14 +460,14 @@ def test_a_key_that_never_expires_gives_no_expiry(keyset, tmp_path, stage, env):
 )  # fmt: skip
 def test_gpg_timestamps(raw, moment):
     # Unreadable counts as already lapsed (0): nothing is ever skipped on a guess.
-    assert signatures._timestamp(raw) == moment
+    assert signatures.timestamp(raw) == moment
 
 
 def test_importing_the_module_does_not_import_gnupg():
     import subprocess
     import sys
 
-    code = "import sys, portal_boot.signatures; print('gnupg' in sys.modules)"
+    code = "import sys, portal_boot.wheels.signatures; print('gnupg' in sys.modules)"
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
@@ -528,7 +528,7 @@ def test_signals_wait_for_a_gpg_to_be_started_and_held():
     previous = signal.signal(signal.SIGTERM, stop)
     reached = []
     try:
-        with pytest.raises(Stopped), signatures._signals_deferred():
+        with pytest.raises(Stopped), keyring._signals_deferred():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.05)  # a handler would have run by now
             reached.append("end of the block")

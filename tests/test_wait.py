@@ -28,17 +28,11 @@ from hypothesis import strategies as st
 from pgserver import LocalCluster, PgServer, as_postgres, free_port
 from sqlalchemy.engine import make_url
 
+from portal_boot.database.probes import _sqlalchemy_probe
+from portal_boot.database.verdicts import FATAL, RETRY, USAGE, classify
+from portal_boot.database.wait import backoff, wait_for_database
 from portal_boot.dburl import parse
 from portal_boot.errors import DatabaseError, UsageError
-from portal_boot.wait import (
-    FATAL,
-    RETRY,
-    USAGE,
-    _sqlalchemy_probe,
-    backoff,
-    classify,
-    wait_for_database,
-)
 
 WRONG_PASSWORD = "Wr0ng-pass-7f3kQ"
 

@@ -1,12 +1,12 @@
 """Core and plugin migrations: applied once, under the cross-replica lock.
 
 A run: read the revision files (application + enabled plugins) and check them
-(:mod:`portal_boot.preflight`); read the database's revisions; if anything is
-pending, take the lock (:mod:`portal_boot.lock`), place the plugin files in the
+(:mod:`portal_boot.migrations.preflight`); read the database's revisions; if anything is
+pending, take the lock (:mod:`portal_boot.migrations.lock`), place the plugin files in the
 ``link``/``copy`` modes, read the revisions again (a replica that held the lock
 may have done everything), and upgrade to all heads, in one transaction where
 the database and the application's ``env.py`` allow it
-(:mod:`portal_boot.alembic_app`).
+(:mod:`portal_boot.migrations.project`).
 """
 
 from __future__ import annotations
@@ -20,12 +20,19 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from portal_boot import alembic_app, heads, preflight
-from portal_boot.alembic_app import Project, current_revisions, first_line
 from portal_boot.errors import DatabaseError, MigrationError, UsageError
-from portal_boot.lock import application_name, migration_lock
+from portal_boot.migrations import at_heads, preflight, runner
+from portal_boot.migrations.lock import application_name, migration_lock
+from portal_boot.migrations.project import (
+    Project,
+    current_revisions,
+    files_in_place,
+    first_line,
+    place_files,
+)
+from portal_boot.migrations.project import load as load_project
+from portal_boot.migrations.sources import Sources
 from portal_boot.plugins import Plugin
-from portal_boot.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -57,24 +64,26 @@ class RevisionState:
 
 
 def upgrade(
-    settings: Settings,
+    sources: Sources,
     plugins: Sequence[Plugin],
     *,
     url: str,
+    db_timeout: float,
+    lock_timeout: float,
     sql: bool = False,
     to: str | None = None,
 ) -> None:
     """Apply the core and plugin migrations: to all heads, or up or down to ``to``.
 
     ``url`` is the database URL, async or sync (Alembic gets the sync one). A
-    database already at the heads is noticed without Alembic (:mod:`portal_boot.heads`).
+    database already at the heads is noticed without Alembic (:mod:`portal_boot.migrations.at_heads`).
     With ``sql``, print the SQL on stdout instead (from an empty database, or the
     ``FROM:TO`` range given as ``to``); no connection is made. Raises UsageError
     (the Alembic config), MigrationError (a pre-flight check or a failed revision),
     LockTimeout, DatabaseError.
     """
     if to is None and not sql:
-        found = heads.at_heads(settings, plugins, url)
+        found = at_heads.at_heads(sources, plugins, url, timeout=db_timeout)
         if found:
             log.info(
                 "migrate: nothing to do, database at heads %s (checked without Alembic)",
@@ -82,15 +91,15 @@ def upgrade(
             )
             return
     url = _sync(url)
-    project = alembic_app.load(settings, plugins)
+    project = load_project(sources, plugins)
     log.info(
         "%d revision files: the application's and those of %s (--migrations-mode %s)",
         len(project.files),
         ", ".join(p.name for p in plugins) or "no plugin",
-        settings.migrations_mode,
+        sources.migrations_mode,
     )
     if sql:
-        alembic_app.print_sql(project, url, *_sql_command(project, to))
+        runner.print_sql(project, url, *_sql_command(project, to))
         return
     engine = _engine(url)
     try:
@@ -99,16 +108,16 @@ def upgrade(
             current = current_revisions(conn)
             preflight.check_database(project.graph, current, others=project.others)
             pending_before = project.graph.pending(current)
-            if to is None and not pending_before and alembic_app.files_in_place(project):
+            if to is None and not pending_before and files_in_place(project):
                 log.info("database at the heads (%s): nothing to apply", ", ".join(current))
                 return
             lock_conn = None
             if engine.dialect.name == "postgresql":
                 lock_conn = stack.enter_context(_connect(engine, autocommit=True))
             stack.enter_context(
-                migration_lock(lock_conn, engine.url, timeout=settings.lock_timeout)
+                migration_lock(lock_conn, engine.url, timeout=lock_timeout)
             )
-            placed = alembic_app.place_files(project)
+            placed = place_files(project)
             # Again, now that we hold the lock: a replica that held it before us
             # may have applied everything.
             current = current_revisions(conn)
@@ -130,27 +139,31 @@ def upgrade(
                     target,
                 )
                 return
-            alembic_app.run(project, url, conn, command, target, placed=placed)
+            runner.run(project, url, conn, command, target, placed=placed)
             _log_changes(project, current, current_revisions(conn))
     finally:
         engine.dispose()
 
 
-def wait_until_at_heads(settings: Settings, plugins: Sequence[Plugin], *, url: str) -> None:
-    """Wait, at most ``settings.db_timeout`` seconds, until the database is at the
+def wait_until_at_heads(
+    sources: Sources, plugins: Sequence[Plugin], *, url: str, timeout: float
+) -> None:
+    """Wait, at most ``timeout`` seconds, until the database is at the
     heads (for replicas that do not migrate themselves). Raises MigrationError on
     timeout or on a revision no file defines, DatabaseError if the database does
     not answer, UsageError for the Alembic config."""
-    found = heads.at_heads(settings, plugins, url, purpose="serve", files_too=False)
+    found = at_heads.at_heads(
+        sources, plugins, url, timeout=timeout, purpose="serve", files_too=False
+    )
     if found:
         log.info("database at the heads (%s), checked without Alembic", ", ".join(found.current))
         return
     from sqlalchemy.exc import DBAPIError
 
     url = _sync(url)
-    project = alembic_app.load(settings, plugins)
+    project = load_project(sources, plugins)
     engine = _engine(url, purpose="serve")
-    deadline = time.monotonic() + settings.db_timeout
+    deadline = time.monotonic() + timeout
     next_report = time.monotonic()
     pause = 0.1
     try:
@@ -172,12 +185,12 @@ def wait_until_at_heads(settings: Settings, plugins: Sequence[Plugin], *, url: s
             if now >= deadline:
                 if pending is None:
                     raise DatabaseError(
-                        f"the database did not answer within {settings.db_timeout:g} s ({problem}): "
+                        f"the database did not answer within {timeout:g} s ({problem}): "
                         "check --database-url / DATABASE_URL, or raise --db-timeout / "
                         "PORTAL_BOOT_DB_TIMEOUT"
                     )
                 raise MigrationError(
-                    f"the database is not at the heads after {settings.db_timeout:g} s: "
+                    f"the database is not at the heads after {timeout:g} s: "
                     f"{len(pending)} revision(s) pending ({', '.join(pending)}): run `portal-boot "
                     "migrate` (an init container or a job), or raise --db-timeout / "
                     "PORTAL_BOOT_DB_TIMEOUT"
@@ -194,14 +207,18 @@ def wait_until_at_heads(settings: Settings, plugins: Sequence[Plugin], *, url: s
         engine.dispose()
 
 
-def revision_state(settings: Settings, plugins: Sequence[Plugin], *, url: str) -> RevisionState:
+def revision_state(
+    sources: Sources, plugins: Sequence[Plugin], *, url: str, timeout: float
+) -> RevisionState:
     """The database's revisions, the heads, and what is pending (for ``status``).
     Raises MigrationError (a pre-flight problem), DatabaseError, UsageError."""
-    found = heads.at_heads(settings, plugins, url, purpose="status", files_too=False)
+    found = at_heads.at_heads(
+        sources, plugins, url, timeout=timeout, purpose="status", files_too=False
+    )
     if found:
         return RevisionState(found.current, found.heads, ())
     url = _sync(url)
-    project = alembic_app.load(settings, plugins)
+    project = load_project(sources, plugins)
     engine = _engine(url, purpose="status")
     try:
         with _database_errors(), _connect(engine) as conn:

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from portal_boot.errors import InstallError, SignatureError, UsageError
-from portal_boot.settings import Settings
+from portal_boot.wheels.request import Request
 
 if TYPE_CHECKING:
-    from portal_boot.signatures import Verified
+    from portal_boot.wheels.signatures import Verified
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def folder_wheels(wheel_dir: Path) -> list[Path]:
 
 def signature_files(wheel: Path) -> list[Path]:
     """The ``.asc`` and ``.sig`` files beside ``wheel``: the ones that are staged with it
-    (and hashed in place by :mod:`portal_boot.noop`)."""
+    (and hashed in place by :mod:`portal_boot.wheels.unchanged`)."""
     candidates = [wheel.with_name(wheel.name + suffix) for suffix in _SIGNATURES]
     return [path for path in candidates if path.is_file()]
 
@@ -125,41 +125,41 @@ def _copy(source: Path, dest: Path) -> str:
     return digest.hexdigest()
 
 
-def stage(settings: Settings, staging: Path) -> dict[Path, str]:
+def stage(request: Request, staging: Path) -> dict[Path, str]:
     """Copy or download every wheel, with its signature, into ``staging``.
     Returns each staged wheel with its sha256."""
-    if settings.requirements:
-        from portal_boot import index
+    if request.requirements:
+        from portal_boot.wheels import index
 
-        downloads = index.resolve(settings.requirements, settings.environ)
+        downloads = index.resolve(request.requirements, request.environ)
         if not downloads:
             log.info("install: the image already provides every requirement")
         return index.download(
-            downloads, staging, settings.environ, signatures=settings.signatures == "require"
+            downloads, staging, request.environ, signatures=request.signatures == "require"
         )
-    assert settings.wheel_dir is not None
+    assert request.wheel_dir is not None
     staged = {}
-    for wheel in folder_wheels(settings.wheel_dir):
+    for wheel in folder_wheels(request.wheel_dir):
         staged[staging / wheel.name] = _copy(wheel, staging / wheel.name)
         for signature in signature_files(wheel):
             _copy(signature, staging / signature.name)
     return staged
 
 
-def verify(settings: Settings, staged: Sequence[Path]) -> dict[str, Verified | None]:
+def verify(request: Request, staged: Sequence[Path]) -> dict[str, Verified | None]:
     """Each staged wheel's name with its verification (None with signatures off).
     Raises SignatureError (also for no trusted keys: nothing unsigned runs)."""
-    if settings.signatures == "off":
+    if request.signatures == "off":
         return {path.name: None for path in staged}
     if not staged:
         return {}
-    from portal_boot import signatures
+    from portal_boot.wheels import signatures
 
     verified = signatures.verify_files(
         list(staged),
-        keys=settings.trusted_keys,
-        fingerprints=settings.trusted_fingerprints,
-        environ=settings.environ,
+        keys=request.trusted_keys,
+        fingerprints=request.trusted_fingerprints,
+        environ=request.environ,
     )
     return {item.path.name: item for item in verified}
 
@@ -216,11 +216,11 @@ class Prepared:
     verified: list[Verified]  # empty with --signatures off
 
 
-def prepare(settings: Settings, staging: Path) -> Prepared:
+def prepare(request: Request, staging: Path) -> Prepared:
     """Stage, verify and inspect every wheel.
     Raises SignatureError, UsageError or InstallError; writes only into ``staging``."""
-    staged = stage(settings, staging)
-    results = verify(settings, list(staged))
+    staged = stage(request, staging)
+    results = verify(request, list(staged))
     supported = _supported_tags()
     wheels = []
     seen: dict[str, str] = {}

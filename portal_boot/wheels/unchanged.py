@@ -69,11 +69,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import portal_boot
-from portal_boot.settings import Settings
-from portal_boot.staging import InstalledWheel, folder_wheels, sha256, signature_files
+from portal_boot.wheels.request import Request
+from portal_boot.wheels.staging import InstalledWheel, folder_wheels, sha256, signature_files
 
 if TYPE_CHECKING:
-    from portal_boot.signatures import Verified
+    from portal_boot.wheels.signatures import Verified
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +115,14 @@ def keys_digest(keys: Path | None) -> str | None:
     return hashlib.sha256(json.dumps([kind, entries]).encode()).hexdigest()
 
 
-def _fingerprints(settings: Settings) -> list[str]:
-    return sorted({f.replace(" ", "").upper() for f in settings.trusted_fingerprints})
+def _fingerprints(request: Request) -> list[str]:
+    return sorted({f.replace(" ", "").upper() for f in request.trusted_fingerprints})
 
 
 def _verifier(environ: Mapping[str, str]) -> str | None:
     """What would verify: the gpg binary (path, size, mtime) and portal-boot's rules;
     None when there is no gpg on PATH."""
-    from portal_boot.signatures import RULES, find_gpg
+    from portal_boot.wheels.signatures import RULES, find_gpg
 
     binary = find_gpg(environ)
     if binary is None:
@@ -135,15 +135,15 @@ def _verifier(environ: Mapping[str, str]) -> str | None:
     return f"{real} {stat.st_size} {stat.st_mtime_ns}; portal-boot {portal_boot.__version__} rules {RULES}"
 
 
-def request_digest(settings: Settings) -> str | None:
+def request_digest(request: Request) -> str | None:
     """For an index install: a digest of everything that decides what gets installed
     and whether it is trusted, or None unless every requirement is an exact pin
     (``==1.0.0``), the only case where the same request means the same files."""
     from packaging.requirements import InvalidRequirement, Requirement
 
-    from portal_boot.index import pip_env
+    from portal_boot.wheels.index import pip_env
 
-    for raw in settings.requirements:
+    for raw in request.requirements:
         try:
             req = Requirement(raw)
         except InvalidRequirement:
@@ -152,35 +152,35 @@ def request_digest(settings: Settings) -> str | None:
         pinned = len(specs) == 1 and specs[0].operator in ("==", "===")
         if req.url or not pinned or "*" in specs[0].version:
             return None
-    keys = keys_digest(settings.trusted_keys)
+    keys = keys_digest(request.trusted_keys)
     if keys is None:
         return None
-    pip = sorted((k, v) for k, v in pip_env(settings.environ).items() if k.startswith("PIP_"))
+    pip = sorted((k, v) for k, v in pip_env(request.environ).items() if k.startswith("PIP_"))
     return _digest(
         {
-            "requirements": sorted(settings.requirements),
+            "requirements": sorted(request.requirements),
             "pip": pip,
-            "signatures": settings.signatures,
-            "fingerprints": _fingerprints(settings),
+            "signatures": request.signatures,
+            "fingerprints": _fingerprints(request),
             "keys": keys,
         }
     )
 
 
-def verification_digest(settings: Settings, files: Iterable[tuple[str, str]]) -> str | None:
+def verification_digest(request: Request, files: Iterable[tuple[str, str]]) -> str | None:
     """D: ``files`` (each wheel's and each signature file's name and sha256) and
     everything else gpg's verdict depends on. None when the keys cannot be read or
     gpg is not on PATH (then the full path runs, and fails closed)."""
-    keys = keys_digest(settings.trusted_keys)
-    verifier = _verifier(settings.environ)
+    keys = keys_digest(request.trusted_keys)
+    verifier = _verifier(request.environ)
     if keys is None or verifier is None:
         return None
     return _digest(
         {
             "files": sorted(files),
             "keys": keys,
-            "fingerprints": _fingerprints(settings),
-            "signatures": settings.signatures,
+            "fingerprints": _fingerprints(request),
+            "signatures": request.signatures,
             "verifier": verifier,
         }
     )
@@ -190,24 +190,24 @@ def verification_digest(settings: Settings, files: Iterable[tuple[str, str]]) ->
 
 
 def record(
-    settings: Settings,
+    request: Request,
     files: Iterable[tuple[str, str]],
     verified: Sequence[Verified],
-    request: str | None,
+    pins: str | None,
 ) -> dict[str, Any] | None:
     """The ``verified`` entry of a generation's state, for a verification of ``files``
     that just passed; None when it could not be proven again anyway."""
-    from portal_boot.signatures import earliest
+    from portal_boot.wheels.signatures import earliest
 
-    digest = verification_digest(settings, files)
+    digest = verification_digest(request, files)
     if digest is None:
         return None
     return {
         "digest": digest,
-        "verifier": _verifier(settings.environ),
+        "verifier": _verifier(request.environ),
         "expires": earliest(*(v.expires for v in verified)),
         "at": int(time.time()),
-        "request": request,
+        "request": pins,
     }
 
 
@@ -230,27 +230,27 @@ def _verified(state: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def folder_unchanged(
-    settings: Settings, state: dict[str, Any], now: float | None = None
+    request: Request, state: dict[str, Any], now: float | None = None
 ) -> tuple[bool, str]:
     """Whether installing the wheel folder would be a no-op, from hashes taken in
     place: (True, what was proven) or (False, why the full path must run).
 
     Raises UsageError for an unusable wheel folder (as the full path would)."""
-    assert settings.wheel_dir is not None
+    assert request.wheel_dir is not None
     now = time.time() if now is None else now
     files, wheels = [], []
     try:
-        for path in folder_wheels(settings.wheel_dir):
+        for path in folder_wheels(request.wheel_dir):
             wheel_sha = sha256(path)
             wheels.append(InstalledWheel("", "", path.name, wheel_sha, None))
             files.append((path.name, wheel_sha))
-            if settings.signatures == "require":
+            if request.signatures == "require":
                 files += [(sig.name, sha256(sig)) for sig in signature_files(path)]
     except OSError as exc:  # the full path fails closed on it, with the right message
         return False, f"cannot read {exc.filename}"
     if set_digest(wheels) != state.get("digest"):
         return False, "the wheels differ from the installed ones"
-    if settings.signatures == "off":
+    if request.signatures == "off":
         return True, "same wheels"
     entry = _verified(state)
     if entry is None:
@@ -258,7 +258,7 @@ def folder_unchanged(
             False,
             "no verification recorded (installed with signatures off, or by an older version)",
         )
-    digest = verification_digest(settings, files)
+    digest = verification_digest(request, files)
     if digest is None:
         return False, "the trusted keys cannot be read, or gpg is not on PATH"
     if entry.get("digest") != digest:
@@ -270,18 +270,18 @@ def folder_unchanged(
 
 
 def request_unchanged(
-    settings: Settings, state: dict[str, Any], request: str, now: float | None = None
+    request: Request, state: dict[str, Any], pins: str, now: float | None = None
 ) -> tuple[bool, str]:
     """The same for an index install with exact pins: (True, ...) when the current
     generation was installed, and verified, for this very request."""
-    if state.get("request") != request:
+    if state.get("request") != pins:
         return False, "the requirements, index settings or keys differ"
-    if settings.signatures == "off":  # the mode is in the request digest
+    if request.signatures == "off":  # the mode is in the request digest
         return True, "same pinned requirements and index settings"
     entry = _verified(state)
-    if entry is None or entry.get("request") != request:
+    if entry is None or entry.get("request") != pins:
         return False, "no verification recorded for these requirements"
-    if entry.get("verifier") != _verifier(settings.environ):
+    if entry.get("verifier") != _verifier(request.environ):
         return False, "gpg (or portal-boot) differs from the one that verified, or is missing"
     why = _lapsed(entry, time.time() if now is None else now)
     if why:

@@ -1,23 +1,9 @@
-"""Verify the detached OpenPGP signatures of plugin wheels against the operator's keys.
+"""gpg over a private, temporary keyring that holds only the operator's keys.
 
-A wheel ``X.whl`` is accepted only when ``X.whl.asc`` and/or ``X.whl.sig`` lies beside it
-and, for every signature in every such file, gpg reports a good signature by a key that
-is neither expired nor revoked (nor is its signing subkey), and, when an allow-list is
-given, whose *primary* fingerprint is on it. Anything else fails closed.
-
-The keyring is private and temporary (``/tmp/pbgpg-*``, mode 0700, removed afterwards)
-and holds only the operator's keys: ``--trusted-keys`` is one key file (any name), or a
-folder whose visible ``*.asc``, ``*.gpg``, ``*.pub`` and ``*.key`` files are all imported
-(armored or binary; other files and sub-folders, such as Kubernetes' ``..data``, are
-skipped). A revocation certificate may sit in a file of its own. GnuPG's trust database
-plays no part (``--trust-model always``), so validity is judged here, from gpg's status
-lines, never from python-gnupg's ``status``, which reads "signature valid" for an
-expired or revoked key.
-
-Each verification also reports when it stops holding by the passage of time alone:
-the earliest expiry of the signing key, its primary key and the signature itself
-(None when none of them expires). :mod:`portal_boot.noop` records it, so that a warm
-boot can skip gpg until then.
+:class:`Keyring` imports ``--trusted-keys`` into a fresh ``/tmp/pbgpg-*`` home (mode
+0700, removed afterwards) and judges one wheel's signatures from gpg's status lines.
+Every gpg it starts is tracked, so a SIGTERM never leaves one running. The verdicts
+and what they mean are in :mod:`portal_boot.wheels.signatures`.
 """
 
 from __future__ import annotations
@@ -36,33 +22,31 @@ from typing import TYPE_CHECKING
 from portal_boot import proc
 from portal_boot.errors import SignatureError
 from portal_boot.proc import signals_deferred
+from portal_boot.wheels.signatures import (
+    _FPRS,
+    _KEYS,
+    _RESIGN,
+    BAD,
+    EXPIRED_KEY,
+    EXPIRED_SIGNATURE,
+    KEY_SUFFIXES,
+    MISSING,
+    NOT_ALLOWED,
+    REVOKED_KEY,
+    SIGNATURE_SUFFIXES,
+    UNKNOWN_KEY,
+    UNREADABLE,
+    VALID,
+    Verdict,
+    earliest,
+    find_gpg,
+    timestamp,
+)
 
 if TYPE_CHECKING:
     import gnupg  # imported when a keyring is opened: a warm boot's no-op runs no gpg
 
 log = logging.getLogger(__name__)
-
-KEY_SUFFIXES = (".asc", ".gpg", ".pub", ".key")
-SIGNATURE_SUFFIXES = (".asc", ".sig")
-# Bump whenever this module starts refusing something it used to accept: the
-# verifications recorded by earlier rules then no longer let a warm boot skip gpg.
-RULES = 1
-
-# The states check() reports, one per wheel.
-VALID = "valid"
-MISSING = "missing signature"
-BAD = "bad signature"
-UNKNOWN_KEY = "unknown key"
-EXPIRED_KEY = "expired key"
-REVOKED_KEY = "revoked key"
-EXPIRED_SIGNATURE = "expired signature"
-NOT_ALLOWED = "not on allow-list"
-UNREADABLE = "unreadable"
-NOT_CHECKED = "not checked"  # the keyring could not be set up: no keys, no gpg, ...
-
-_KEYS = "--trusted-keys / PORTAL_BOOT_TRUSTED_KEYS"
-_FPRS = "--trusted-fingerprint / PORTAL_BOOT_TRUSTED_FINGERPRINTS"
-_RESIGN = f"re-sign the wheel with a valid key in {_KEYS}"
 
 # On every call: no trust database, no keyserver, no gpg-agent or dirmngr (checking
 # signatures needs neither, and a started agent would outlive us).
@@ -76,124 +60,8 @@ _UNUSABLE = {"e": EXPIRED_KEY, "r": REVOKED_KEY, "i": BAD, "d": BAD, "n": BAD}
 _TROUBLE = ("NODATA", "UNEXPECTED", "FAILURE", "ERROR")
 
 
-@dataclasses.dataclass(frozen=True)
-class Verified:
-    path: Path  # the wheel file that was verified
-    signature: Path  # the .asc or .sig used (the .asc when both were there, and both verified)
-    fingerprint: str  # primary-key fingerprint of the signer (40 hex, upper)
-    # Seconds since the epoch when this verdict stops holding: the earliest expiry of
-    # every signing key, its primary and every signature involved; None: never.
-    expires: int | None = None
 
-
-@dataclasses.dataclass(frozen=True)
-class _Verdict:
-    wheel: Path
-    state: str
-    signature: Path | None = None
-    fingerprint: str | None = None  # the signer's primary key, when known
-    detail: str = ""  # what happened and what to do, for the error line
-    expires: int | None = None  # see Verified.expires (VALID verdicts only)
-
-
-def earliest(*moments: int | None) -> int | None:
-    """The earliest of ``moments``, None (never) when all are None."""
-    known = [m for m in moments if m is not None]
-    return min(known) if known else None
-
-
-def _timestamp(raw: str | None) -> int | None:
-    """gpg's expiry field: empty or "0" is never; seconds since the epoch, or (with some
-    options) ISO 8601 ``20200102T000000``. Unreadable counts as already expired (0),
-    so that nothing is ever skipped on a value we do not understand."""
-    raw = (raw or "").strip()
-    if raw in ("", "0"):
-        return None
-    if raw.isdigit():
-        return int(raw)
-    import calendar
-    import time
-
-    try:
-        return calendar.timegm(time.strptime(raw, "%Y%m%dT%H%M%S"))
-    except ValueError:
-        return 0
-
-
-def find_gpg(environ: Mapping[str, str]) -> str | None:
-    """The gpg binary on the children's PATH (never os.environ's), or None."""
-    search = environ.get("PATH", os.defpath)
-    return shutil.which("gpg", path=search) or shutil.which("gpg2", path=search)
-
-
-def verify_files(
-    wheels: Sequence[Path],
-    *,
-    keys: Path | None,
-    fingerprints: Sequence[str] = (),
-    environ: Mapping[str, str],
-) -> list[Verified]:
-    """Verify every wheel; return them with their signers.
-
-    Raises :class:`SignatureError`, one line naming the (first) failing wheel, for a
-    missing, bad or unreadable signature; an unknown, expired, revoked or not allowed
-    key; no usable trusted keys; gpg missing; or any gpg failure.
-    """
-    if not wheels:
-        return []
-    try:
-        verdicts = _judge_all(wheels, keys, fingerprints, environ)
-    except SignatureError as exc:
-        names = Path(wheels[0]).name + (f" and {len(wheels) - 1} more" if wheels[1:] else "")
-        raise SignatureError(f"cannot verify {names}: {exc}") from None
-    failed = [v for v in verdicts if v.state != VALID]
-    if failed:
-        first = failed[0]
-        more = f" ({len(failed) - 1} more failed: see portal-boot status)" if failed[1:] else ""
-        raise SignatureError(f"{first.wheel.name}: {first.state}: {first.detail}{more}")
-    verified = []
-    for v in verdicts:
-        assert v.signature is not None and v.fingerprint is not None  # a VALID verdict has both
-        log.info("verified %s: signed by %s", v.wheel.name, v.fingerprint)
-        verified.append(Verified(v.wheel, v.signature, v.fingerprint, v.expires))
-    return verified
-
-
-def check(
-    wheels: Sequence[Path],
-    *,
-    keys: Path | None,
-    fingerprints: Sequence[str] = (),
-    environ: Mapping[str, str],
-) -> list[tuple[Path, str | None, str]]:
-    """Each wheel's (path, signer's primary fingerprint or None, state), for ``status``.
-
-    Never raises :class:`SignatureError`. A state is one of this module's constants
-    (``VALID``, ``MISSING``, ``BAD``, ...); every wheel is ``NOT_CHECKED`` when the
-    keyring cannot be set up, and the reason is logged as a warning.
-    """
-    if not wheels:
-        return []
-    try:
-        verdicts = _judge_all(wheels, keys, fingerprints, environ)
-    except SignatureError as exc:
-        log.warning("signatures not checked: %s", exc)
-        return [(Path(w), None, NOT_CHECKED) for w in wheels]
-    return [(v.wheel, v.fingerprint, v.state) for v in verdicts]
-
-
-def _judge_all(
-    wheels: Sequence[Path],
-    keys: Path | None,
-    fingerprints: Sequence[str],
-    environ: Mapping[str, str],
-) -> list[_Verdict]:
-    """One verdict per wheel; raises SignatureError only when the keyring cannot be set up."""
-    with _Keyring.open(keys, fingerprints, environ) as ring:
-        return [ring.judge(Path(wheel)) for wheel in wheels]
-
-
-class _Keyring:
+class Keyring:
     def __init__(self, gpg: gnupg.GPG, allowed: frozenset[str]) -> None:
         self.gpg = gpg
         self.allowed = allowed
@@ -204,7 +72,7 @@ class _Keyring:
     @contextlib.contextmanager
     def open(
         cls, keys: Path | None, fingerprints: Sequence[str], environ: Mapping[str, str]
-    ) -> Iterator[_Keyring]:
+    ) -> Iterator[Keyring]:
         if keys is None:
             raise SignatureError(
                 f"no trusted keys: set {_KEYS} to a file or folder of the signers' public "
@@ -243,10 +111,10 @@ class _Keyring:
         for key in self.gpg.list_keys():
             primary = key["fingerprint"]
             self.known[primary] = (primary, key.get("trust", ""))
-            self.expires[primary] = _timestamp(key.get("expires"))
+            self.expires[primary] = timestamp(key.get("expires"))
             for sub in (key.get("subkey_info") or {}).values():
                 self.known[sub["fingerprint"]] = (primary, sub.get("trust", ""))
-                self.expires[sub["fingerprint"]] = _timestamp(sub.get("expires"))
+                self.expires[sub["fingerprint"]] = timestamp(sub.get("expires"))
         primaries = {primary for primary, _ in self.known.values()}
         if not primaries:
             raise SignatureError(f"no public key could be imported from {_KEYS}")
@@ -273,29 +141,29 @@ class _Keyring:
         log.debug("%s: %d key(s), %d revocation(s)", path, len(result.fingerprints), result.n_revoc)
         return bool(result.fingerprints or result.n_revoc)
 
-    def judge(self, wheel: Path) -> _Verdict:
+    def judge(self, wheel: Path) -> Verdict:
         signatures = [wheel.with_name(wheel.name + s) for s in SIGNATURE_SUFFIXES]
         signatures = [s for s in signatures if s.exists()]
         if not signatures:
             how = f"sign it with a key in {_KEYS} (gpg --armor --detach-sign {wheel.name})"
-            return _Verdict(wheel, MISSING, detail=f"no {wheel.name}.asc or .sig beside it: {how}")
+            return Verdict(wheel, MISSING, detail=f"no {wheel.name}.asc or .sig beside it: {how}")
         try:
             with wheel.open("rb"):
                 pass
         except OSError as exc:
-            return _Verdict(wheel, UNREADABLE, detail=f"cannot read it ({exc.strerror or exc})")
+            return Verdict(wheel, UNREADABLE, detail=f"cannot read it ({exc.strerror or exc})")
         verdicts = [self._judge_file(wheel, sig) for sig in signatures]
         failed = next((v for v in verdicts if v.state != VALID), None)
         if failed:
             return failed
         return dataclasses.replace(verdicts[0], expires=earliest(*(v.expires for v in verdicts)))
 
-    def _judge_file(self, wheel: Path, sig: Path) -> _Verdict:
+    def _judge_file(self, wheel: Path, sig: Path) -> Verdict:
         try:
             result = self.gpg.verify_file(str(sig), data_filename=str(wheel))
         except OSError as exc:
             why = f"cannot read {sig.name} ({exc.strerror or exc})"
-            return _Verdict(wheel, UNREADABLE, sig, detail=why)
+            return Verdict(wheel, UNREADABLE, sig, detail=why)
         # Status lines, not python-gnupg's summary, which keeps only the last of them.
         output = (result.stderr or "").splitlines()
         lines = [f for f in (ln[9:].split() for ln in output if ln.startswith("[GNUPG:]")) if f]
@@ -308,12 +176,12 @@ class _Keyring:
                 groups[-1].setdefault(keyword, fields)
         if not groups:
             detail = f"{sig.name} holds no detached OpenPGP signature: {_RESIGN}"
-            return _Verdict(wheel, BAD, sig, detail=detail)
+            return Verdict(wheel, BAD, sig, detail=detail)
         signer, expires = None, []
         for group in groups:
             state, fpr, detail = self._judge_signature(sig, group)
             if state != VALID:
-                return _Verdict(wheel, state, sig, fpr, detail)
+                return Verdict(wheel, state, sig, fpr, detail)
             signer = signer or fpr
             expires.append(self._expiry(group))
         # Belt and braces: nothing went wrong on the side, and gpg and python-gnupg agree.
@@ -321,8 +189,8 @@ class _Keyring:
         if trouble or result.returncode != 0 or not result.valid:
             why = trouble or f"exit status {result.returncode}"
             detail = f"gpg did not accept {sig.name} ({why}): {_RESIGN}"
-            return _Verdict(wheel, BAD, sig, signer, detail)
-        return _Verdict(wheel, VALID, sig, signer, expires=earliest(*expires))
+            return Verdict(wheel, BAD, sig, signer, detail)
+        return Verdict(wheel, VALID, sig, signer, expires=earliest(*expires))
 
     def _expiry(self, g: dict[str, list[str]]) -> int | None:
         """When a good signature's verdict lapses: the signing key's, its primary's or
@@ -330,7 +198,7 @@ class _Keyring:
         valid = g["VALIDSIG"]  # a VALID signature always has one
         signing = valid[0]
         primary = valid[9] if len(valid) > 9 else signing
-        own = _timestamp(valid[3]) if len(valid) > 3 else None
+        own = timestamp(valid[3]) if len(valid) > 3 else None
         # A key we did not list cannot sign validly; 0 = "lapsed", never skip on it.
         keys = [self.expires.get(fpr, 0) for fpr in dict.fromkeys((signing, primary))]
         return earliest(own, *keys)

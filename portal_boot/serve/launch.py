@@ -1,4 +1,4 @@
-"""``python -m portal_boot.launch TARGET APP [uvicorn options]``: run uvicorn with the
+"""``python -m portal_boot.serve.launch TARGET APP [uvicorn options]``: run uvicorn with the
 plugin target appended to ``sys.path`` (after site-packages, so the image's own
 packages win). This is what :func:`portal_boot.serve.exec_uvicorn` execs."""
 

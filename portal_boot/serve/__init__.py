@@ -1,7 +1,7 @@
-"""The last step: replace portal-boot with uvicorn (``exec``), so uvicorn receives
-the container's signals directly and becomes the main process.
+"""Stage 5: replace portal-boot with uvicorn (``exec``), so uvicorn receives the
+container's signals directly and becomes the main process.
 
-uvicorn runs through :mod:`portal_boot.launch`, which appends the plugin target to
+uvicorn runs through :mod:`portal_boot.serve.launch`, which appends the plugin target to
 ``sys.path`` *after* the image's site-packages: the image's own packages win over
 same-named packages from the target, and the plugins' entry points are
 discoverable by ``importlib.metadata``.
@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from portal_boot.settings import Settings
@@ -20,24 +21,21 @@ from portal_boot.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def uvicorn_argv(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
+def uvicorn_argv(
+    plugin_path: Path, app: str, host: str, port: int, extra: Sequence[str] = ()
+) -> list[str]:
     """The command line portal-boot execs. Arguments after ``--`` come last, so a
     ``--port`` given there wins over portal-boot's own."""
-    from portal_boot.generations import current_generation
-
-    # The resolved generation, not the link: a later install switching the link
-    # cannot change a running server's imports halfway through its life.
-    plugin_path = current_generation(settings.target) or settings.target
     return [
         sys.executable,
         "-m",
-        "portal_boot.launch",
+        "portal_boot.serve.launch",
         str(plugin_path),
-        settings.app,
+        app,
         "--host",
-        settings.host,
+        host,
         "--port",
-        str(settings.port),
+        str(port),
         *extra,
     ]
 
@@ -53,14 +51,17 @@ def _reap_children() -> None:
             return
 
 
-def exec_uvicorn(settings: Settings, extra: Sequence[str] = ()) -> NoReturn:
-    """Exec uvicorn with ``settings.app`` on ``settings.host:port``. Never returns.
+def exec_uvicorn(settings: Settings, plugin_path: Path, extra: Sequence[str] = ()) -> NoReturn:
+    """Exec uvicorn with ``settings.app`` on ``settings.host:port`` and ``plugin_path``
+    (the resolved generation, not the link: a later install switching the link cannot
+    change a running server's imports halfway through its life) on sys.path. Never
+    returns.
 
     portal-boot's own database connections are closed by the steps that opened
     them; Python's descriptors are not inherited across exec (PEP 446), so none
     can leak into the server.
     """
-    argv = uvicorn_argv(settings, extra)
+    argv = uvicorn_argv(plugin_path, settings.app, settings.host, settings.port, extra)
     log.info(
         "serve: exec uvicorn %s on %s:%d (plugins from %s)",
         settings.app,

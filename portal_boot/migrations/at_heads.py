@@ -4,8 +4,8 @@ importing Alembic or SQLAlchemy.
 ``import alembic.config`` alone costs 75-130 ms, and the full path then makes a
 SQLAlchemy engine and a connection of its own, only to find nothing pending. Here
 the application's ``alembic.ini`` is read with configparser, the revision files are
-listed as :func:`portal_boot.alembic_app.load` lists them and read with :mod:`ast`
-(the same :mod:`portal_boot.preflight` functions), and the version table with one
+listed as :func:`portal_boot.migrations.project.load` lists them and read with :mod:`ast`
+(the same :mod:`portal_boot.migrations.preflight` functions), and the version table with one
 query through psycopg (PostgreSQL) or sqlite3 (SQLite).
 
 The answer is either "exactly at the heads, and the run would change nothing" or
@@ -35,10 +35,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from portal_boot import dburl, migration_files, preflight
+from portal_boot import dburl
 from portal_boot.errors import MigrationError, UsageError
+from portal_boot.migrations import placement, preflight, revisions
+from portal_boot.migrations.sources import Sources
 from portal_boot.plugins import Plugin
-from portal_boot.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,11 @@ class Undecided(Exception):
 
 
 def at_heads(
-    settings: Settings,
+    sources: Sources,
     plugins: Sequence[Plugin],
     url: str,
     *,
+    timeout: float,
     purpose: str = "migrate",
     files_too: bool = True,
 ) -> AtHeads | None:
@@ -76,9 +78,9 @@ def at_heads(
     (SIGTERM) through."""
     started = time.monotonic()
     try:
-        locations, recursive = read_locations(settings.alembic_config)
-        graph = _graph(settings, plugins, locations, recursive, files_too=files_too)
-        current = _current(url, purpose=purpose, timeout=settings.db_timeout)
+        locations, recursive = read_locations(sources.alembic_config)
+        graph = _graph(sources.migrations_mode, plugins, locations, recursive, files_too=files_too)
+        current = _current(url, purpose=purpose, timeout=timeout)
     except Undecided as exc:
         log.debug("fast check: %s; the full path decides", exc)
         return None
@@ -101,7 +103,7 @@ def at_heads(
 
 def read_locations(ini: Path) -> tuple[tuple[Path, ...], bool]:
     """The application's version locations and whether they are searched
-    recursively, as :func:`portal_boot.alembic_app.load` finds them through
+    recursively, as :func:`portal_boot.migrations.project.load` finds them through
     Alembic's Config (a test holds the two to the same answers). Raises Undecided
     for what only Alembic can read (a package resource, an unknown separator) and
     for any problem, which the full path then reports."""
@@ -116,7 +118,7 @@ def read_locations(ini: Path) -> tuple[tuple[Path, ...], bool]:
         separator = main.get("path_separator")
         if separator is None:
             separator = main.get("version_path_separator")
-        recursive = preflight.is_recursive(main.get("recursive_version_locations"))
+        recursive = revisions.is_recursive(main.get("recursive_version_locations"))
     except (configparser.Error, KeyError, OSError, UnicodeDecodeError) as exc:
         raise Undecided(f"cannot read {ini}: {type(exc).__name__}") from None
     if not script_location:
@@ -144,26 +146,26 @@ def _location(value: str) -> Path:
 
 
 def _graph(
-    settings: Settings,
+    mode: str,
     plugins: Sequence[Plugin],
     locations: tuple[Path, ...],
     recursive: bool,
     *,
     files_too: bool,
 ) -> preflight.Graph:
-    versions_dir, mode = locations[0], settings.migrations_mode
+    versions_dir = locations[0]
     try:
-        placed = migration_files.read_manifest(versions_dir)
+        placed = placement.read_manifest(versions_dir)
         paths: list[tuple[Path, Plugin | None]] = [
             (path, None)
-            for path in preflight.app_files(locations, recursive=recursive, placed=placed)
+            for path in revisions.app_files(locations, recursive=recursive, placed=placed)
         ]
-        plugin_paths = [(path, p) for p in plugins for path in preflight.plugin_files(p)]
+        plugin_paths = [(path, p) for p in plugins for path in revisions.plugin_files(p)]
         # The full path's own test (alembic_app.files_in_place): in the locations
         # mode, files an earlier link/copy run placed must go; else the plugin
         # files must be where link/copy would put them.
         wanted = [path for path, _ in plugin_paths] if mode in ("link", "copy") else []
-        if files_too and not migration_files.in_place(versions_dir, wanted, mode):
+        if files_too and not placement.in_place(versions_dir, wanted, mode):
             raise Undecided(f"plugin files to place or remove in {versions_dir}")
         files = [_read(path, plugin) for path, plugin in paths + plugin_paths]
         graph = preflight.check_files(files, mode=mode)
@@ -174,12 +176,12 @@ def _graph(
 
 def _read(path: Path, plugin: Plugin | None) -> preflight.RevisionFile:
     try:
-        values = preflight.literal_identifiers(path.read_bytes(), path)
+        values = revisions.literal_identifiers(path.read_bytes(), path)
     except (SyntaxError, ValueError) as exc:
         raise Undecided(f"{path} is not valid Python ({exc})") from None
     if values is None:
         raise Undecided(f"{path} can only be read by importing it")
-    return preflight.revision_file(values, path, plugin)
+    return revisions.revision_file(values, path, plugin)
 
 
 # --- the database ----------------------------------------------------------------
@@ -203,7 +205,7 @@ def _postgresql(
 ) -> tuple[str, ...]:
     import psycopg
 
-    from portal_boot.lock import application_name
+    from portal_boot.migrations.lock import application_name
 
     extra: dict[str, str | int] = {"connect_timeout": max(2, math.ceil(min(timeout, 30.0)))}
     if "application_name" not in parsed.query:

@@ -1,7 +1,7 @@
 """After an install: is every requirement of the new generation satisfied?
 
 The plugins run with ``sys.path`` = the image's own paths, then the target (see
-:mod:`portal_boot.launch`): for any name found in both, the image's copy is the one
+:mod:`portal_boot.serve.launch`): for any name found in both, the image's copy is the one
 imported. So a requirement is looked up in the image first, then in the
 generation, and checked against the copy that will really be imported. Markers
 are evaluated for this interpreter; an extra (``pkg[extra]``, on a requirement or

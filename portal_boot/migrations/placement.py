@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from portal_boot.errors import MigrationError
-from portal_boot.preflight import RevisionFile
+from portal_boot.migrations.revisions import RevisionFile
 
 log = logging.getLogger(__name__)
 

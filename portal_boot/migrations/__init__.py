@@ -1,0 +1,74 @@
+"""Stage 4: the core and plugin migrations, applied once under the cross-replica lock.
+
+The stage's entry functions, over the settings; everything in this package below
+them takes a :class:`~portal_boot.migrations.sources.Sources` or plain values.
+Reading order: :mod:`.apply` (the driver: ``migrate``, waiting for another replica's
+migrations, the state for ``status``), :mod:`.at_heads` (the warm path's "nothing to
+do", without Alembic), :mod:`.revisions` and :mod:`.preflight` (the files and the
+checks made before anything is applied), :mod:`.project` and :mod:`.runner` (Alembic
+in-process), :mod:`.lock` (one migrator at a time), :mod:`.placement` (the
+``link``/``copy`` modes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from portal_boot.migrations.sources import Sources
+from portal_boot.settings import Settings
+
+if TYPE_CHECKING:
+    from portal_boot.migrations.apply import RevisionState
+    from portal_boot.plugins import Plugin
+
+__all__ = ["migrate", "revision_state", "sources_from", "wait_until_at_heads"]
+
+
+def sources_from(settings: Settings) -> Sources:
+    """The part of the settings this stage uses to find the revision files."""
+    return Sources(
+        alembic_config=settings.alembic_config,
+        migrations_mode=settings.migrations_mode,
+        target=settings.target,
+        entry_point_group=settings.entry_point_group,
+    )
+
+
+def migrate(
+    settings: Settings,
+    plugins: Sequence[Plugin],
+    *,
+    url: str,
+    sql: bool = False,
+    to: str | None = None,
+) -> None:
+    """Apply the core and plugin migrations: to all heads, or up or down to ``to``;
+    with ``sql``, print the SQL instead. Raises UsageError, MigrationError,
+    LockTimeout, DatabaseError."""
+    from portal_boot.migrations import apply
+
+    apply.upgrade(
+        sources_from(settings),
+        plugins,
+        url=url,
+        db_timeout=settings.db_timeout,
+        lock_timeout=settings.lock_timeout,
+        sql=sql,
+        to=to,
+    )
+
+
+def wait_until_at_heads(settings: Settings, plugins: Sequence[Plugin], *, url: str) -> None:
+    """Wait, at most ``--db-timeout``, until another process has brought the database
+    to the heads. Raises MigrationError, DatabaseError, UsageError."""
+    from portal_boot.migrations import apply
+
+    apply.wait_until_at_heads(sources_from(settings), plugins, url=url, timeout=settings.db_timeout)
+
+
+def revision_state(settings: Settings, plugins: Sequence[Plugin], *, url: str) -> RevisionState:
+    """For ``status``: the database's revisions, the heads, what is pending."""
+    from portal_boot.migrations import apply
+
+    return apply.revision_state(sources_from(settings), plugins, url=url, timeout=settings.db_timeout)
