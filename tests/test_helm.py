@@ -446,3 +446,68 @@ def test_the_checks_catch_a_broken_rendering(mutate, expected: str) -> None:
         for p in drift.invocation_problems(inv)
     ]
     assert any(expected in p for p in problems), problems
+
+
+# --- the deployment guide's Helm section, as a user pastes it -----------------------------------
+
+
+def _checked(docs: list[dict], where: str, external: set[tuple[str, str]]) -> None:
+    assert [e for doc in docs for e in manifests.k8s_schema_errors(doc, K8S_VERSIONS[-1])] == []
+    assert manifests.k8s_problems(docs, Path(where), external) == []
+    found = drift.manifest_invocations(where, docs, dockerfiles.base_image())
+    assert found and [p for inv in found for p in drift.invocation_problems(inv)] == []
+
+
+@pytest.mark.parametrize("version", HELM_VERSIONS)
+def test_the_guide_commands_render_a_release_that_passes_the_checks(
+    version: str, tmp_path: Path
+) -> None:
+    """The guide's install and upgrade blocks, run as written with `helm template` for
+    `helm upgrade [--install]` (no cluster here): the objects its kubectl commands create
+    are all the release needs, and the upgrade for a new wheel makes a new Job."""
+    import yaml
+
+    (tmp_path / "charts").symlink_to(paths.REPO / "charts")
+    created: set[tuple[str, str]] = set()
+    jobs = []
+    for block in chart.guide_blocks(chart.guide_section(), "sh"):
+        files, commands = chart.guide_shell(block)
+        for name, text in files.items():
+            (tmp_path / name).write_text(text, encoding="utf-8")
+        for argv in commands:
+            if argv[0] == "kubectl" and "create" in argv:
+                what = argv[argv.index("create") + 1 :]
+                if what[0] == "secret":  # secret generic NAME
+                    created.add(("Secret", what[2]))
+                elif what[0] == "configmap":
+                    created.add(("ConfigMap", what[1]))
+            if argv[0] != "helm":
+                continue
+            assert argv[1] == "upgrade", argv
+            args = [a for a in argv[2:] if a != "--install"]
+            proc = chart.run_helm(version, "template", *args, cwd=tmp_path)
+            assert proc.returncode == 0, proc.stderr
+            docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+            _checked(docs, f"guide {' '.join(argv[:3])}", created)
+            jobs.append(_one(docs, "Job")["metadata"]["name"])
+    assert ("Secret", "portal-database") in created
+    assert len(jobs) == 2 and jobs[0] != jobs[1], jobs
+
+
+def test_the_guide_argo_cd_and_flux_manifests_render_a_release_that_passes_the_checks() -> None:
+    import yaml
+
+    manifests_ = [yaml.safe_load(b) for b in chart.guide_blocks(chart.guide_section(), "yaml")]
+    application = next(m for m in manifests_ if m["kind"] == "Application")
+    release = next(m for m in manifests_ if m["kind"] == "HelmRelease")
+    assert application["spec"]["source"]["path"] == str(paths.CHART_DIR.relative_to(paths.REPO))
+    assert release["spec"]["chart"]["spec"]["chart"] == str(paths.CHART_DIR.relative_to(paths.REPO))
+    for values in (
+        application["spec"]["source"]["helm"]["valuesObject"],
+        release["spec"]["values"],
+    ):
+        docs = chart.render(values)
+        _checked(docs, "guide", chart.external_objects(values))
+    # Argo CD: no TTL, so a finished Job does not go missing and come back.
+    argo_job = _one(chart.render(application["spec"]["source"]["helm"]["valuesObject"]), "Job")
+    assert "ttlSecondsAfterFinished" not in argo_job["spec"]

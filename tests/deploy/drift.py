@@ -56,6 +56,7 @@ def parse_cli(args: Sequence[str]) -> dict[str, Any]:
     command = cli.commands.get(name)
     if command is None:
         raise click.UsageError(f"no such command {name!r} (known: {sorted(cli.commands)})")
+    rest = _without_upcoming_options(command, name, rest)
     parent = click.Context(cli, info_name="portal-boot")
     ctx = command.make_context(name, list(rest), parent=parent)
     params = dict(ctx.params)
@@ -68,6 +69,25 @@ def parse_cli(args: Sequence[str]) -> dict[str, Any]:
     else:
         assert not passed, f"portal-boot {' '.join(args)}: {list(passed)} are not portal-boot flags"
     return {"command": name, "params": params}
+
+
+def _without_upcoming_options(command: Any, name: str, args: list[str]) -> list[str]:
+    """``args`` less the options of paths.UPCOMING_OPTIONS that ``command`` does not have
+    yet (and their values); the rest is parsed as usual."""
+    have = {opt for param in command.params for opt in getattr(param, "opts", ())}
+    upcoming = {opt for cmd, opt in paths.UPCOMING_OPTIONS if cmd == name and opt not in have}
+    kept: list[str] = []
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+        elif "--" in args[:i]:
+            kept.append(arg)
+        elif arg in upcoming:
+            skip = True
+        elif arg.split("=", 1)[0] not in upcoming:
+            kept.append(arg)
+    return kept
 
 
 def check_settings(params: Mapping[str, Any], environ: Mapping[str, str]) -> Any:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import shlex
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -35,7 +37,9 @@ def helm_binary(version: str) -> Path:
     return binary
 
 
-def run_helm(version: str, *args: str) -> subprocess.CompletedProcess[str]:
+def run_helm(
+    version: str, *args: str, cwd: str | Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """helm ARGS with its own empty config, cache and data folders and no cluster."""
     with tempfile.TemporaryDirectory(prefix="helm-home-") as home:
         env = {
@@ -49,6 +53,7 @@ def run_helm(version: str, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(helm_binary(version)), *args],
             env=env,
+            cwd=cwd,
             capture_output=True,
             text=True,
             timeout=120,
@@ -233,3 +238,46 @@ def matrix() -> list[Case]:
             )
         )
     return cases
+
+
+# --- the deployment guide's Helm section ------------------------------------------------------
+
+
+def guide_section() -> str:
+    """docs/deployment.md's "### Helm" section."""
+    text = paths.DOCS.read_text(encoding="utf-8")
+    start = text.index("\n### Helm\n")
+    end = text.index("\n## ", start)
+    return text[start:end]
+
+
+def guide_blocks(section: str, language: str) -> list[str]:
+    """The fenced code blocks of one language, in order."""
+    return re.findall(rf"^```{language}\n(.*?)^```$", section, flags=re.MULTILINE | re.DOTALL)
+
+
+def guide_shell(block: str) -> tuple[dict[str, str], list[list[str]]]:
+    """A shell block as the user pastes it: the files its here-documents write, and its
+    commands (continuation lines joined) as argument lists."""
+    files: dict[str, str] = {}
+    commands: list[list[str]] = []
+    lines = iter(block.splitlines())
+    pending = ""
+    for line in lines:
+        heredoc = re.fullmatch(r"cat > (\S+) <<'(\w+)'", line.strip())
+        if heredoc:
+            body = []
+            for inner in lines:
+                if inner == heredoc.group(2):
+                    break
+                body.append(inner)
+            files[heredoc.group(1)] = "\n".join(body) + "\n"
+            continue
+        pending += line
+        if pending.endswith("\\"):
+            pending = pending[:-1]
+            continue
+        if pending.strip():
+            commands.append(shlex.split(pending, comments=True))
+        pending = ""
+    return files, commands
