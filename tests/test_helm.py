@@ -359,8 +359,17 @@ def test_the_serving_pods_roll_when_the_plugin_set_changes() -> None:
         ({"migrations": "jobs"}, "portal", "initContainer"),
         ({"wheels": {"source": "image"}}, "portal", "pvc"),
         ({"plugins": {"enabled": "a,b"}}, "portal", "enabled"),
+        ({"probes": {"readiness": {"httpGet": {"path": "/"}}}}, "portal", "httpGet"),
     ],
-    ids=["release-name", "no-database", "no-keys", "pattern", "wheel-source", "plugin-list"],
+    ids=[
+        "release-name",
+        "no-database",
+        "no-keys",
+        "pattern",
+        "wheel-source",
+        "plugin-list",
+        "probe-path-elsewhere",
+    ],
 )
 @pytest.mark.parametrize("version", HELM_VERSIONS)
 def test_wrong_values_are_refused_with_a_clear_message(
@@ -370,6 +379,10 @@ def test_wrong_values_are_refused_with_a_clear_message(
         chart.template_text(values, version=version, release=release)
     assert expected in str(failure.value)
     assert "Use --debug" in str(failure.value) or len(str(failure.value).splitlines()) <= 6
+
+
+def test_a_parent_chart_may_pass_global_values() -> None:
+    assert chart.render({"global": {"imageRegistry": "registry.example.com"}})
 
 
 @pytest.mark.parametrize("version", HELM_VERSIONS)
