@@ -222,15 +222,16 @@ affinity:
   resources:
     {{- toYaml .resources | nindent 4 }}
   volumeMounts:
-    {{- if eq .step "install" }}
+    {{- /* In every container, read-only: `portal-boot status` (kubectl exec) checks the
+    wheels against the installed generation, and reads the ConfigMap's
+    PORTAL_BOOT_WHEEL_DIR like install does. */}}
+    {{- if $fromVolume }}
     - name: wheels
       mountPath: {{ $v.wheels.mountPath }}
       readOnly: true
     - name: trusted-keys
       mountPath: {{ $v.trustedKeys.mountPath }}
       readOnly: true
-    {{- end }}
-    {{- if $fromVolume }}
     - name: state
       mountPath: /var/lib/portal-boot
       {{- if ne .step "install" }}
