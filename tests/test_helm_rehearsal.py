@@ -9,6 +9,9 @@ ConfigMap the demo key, the database Secret a URL of the test PostgreSQL).
   `portal-boot status` has nothing pending. An upgrade that enables a plugin makes a Job of
   another name, and a new replica waits for it, then serves the new set.
 - migrations: initContainer: two pods install, migrate at the same time (the lock), serve.
+- wheels.source: none, with the image Dockerfile.with-plugins builds (its own build step run
+  into a folder that stands for the image's filesystem): no install at run time; the Job
+  migrates the baked plugins and the replica serves them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -63,8 +67,8 @@ class Cluster:
         self.pods: list[Pod] = []
         self.read_only = {str(p): tree_digest(p) for p in self.sources.values()}
 
-    def pod(self, docs: list[dict[str, Any]], kind: str, name: str) -> Pod:
-        pod = Pod(docs, kind, self.tmp / name, self.sources, self.app_dir, self.base_env)
+    def pod(self, docs: list[dict[str, Any]], kind: str, name: str, **image: Any) -> Pod:
+        pod = Pod(docs, kind, self.tmp / name, self.sources, self.app_dir, self.base_env, **image)
         self.pods.append(pod)
         return pod
 
@@ -188,4 +192,44 @@ def test_init_container_pattern_pods_migrate_together_then_serve(cluster: Cluste
     finally:
         for server in servers:
             rehearsal.stop(server)
+    cluster.assert_untouched()
+
+
+def test_baked_plugins_need_no_wheel_volume(
+    cluster: Cluster,
+    tmp_path: Path,
+    example_build: dict[str, Path],  # noqa: F811
+) -> None:
+    # The image Dockerfile.with-plugins builds: its RUN portal-boot install, into a folder.
+    image, env, argv = rehearsal.build_step(paths.DOCKERFILES[1])
+    root = rehearsal.ImageRoot(tmp_path / "baked-image")
+    root.copy_in(image, example_build)
+    root.host("/tmp").mkdir(parents=True, exist_ok=True)
+    build_env = {**cluster.base_env, **{k: root.map(v) for k, v in env.items() if k != "PATH"}}
+    done = subprocess.run(
+        [sys.executable, "-m", "portal_boot", *[root.map(a) for a in argv]],
+        cwd=cluster.app_dir,
+        env=build_env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    docs = chart.render({"migrations": "job", "image": chart.IMAGE, "wheels": {"source": "none"}})
+    baked = {"image": image, "image_root": root.root}
+    replica = cluster.pod(docs, "Deployment", "replica", **baked)
+    job = cluster.pod(docs, "Job", "migrate", **baked)
+    assert replica.init_containers == [] and job.init_containers == []
+    port = free_port()
+    server, log = replica.start(replica.main, port=port)
+    try:
+        _wait_for_line(log, "waiting for the migrations", server)
+        assert job.run(job.main) == 0, cluster.logs()
+        expected = plugin_names(example_build[str(paths.REPO / "examples" / "wheels")])
+        assert _served(port, server) == expected, cluster.logs()
+        assert _status(replica) == 0, cluster.logs()
+    finally:
+        rehearsal.stop(server)
     cluster.assert_untouched()

@@ -30,11 +30,18 @@ class Pod:
         sources: Mapping[tuple[str, str], Path],
         app: Path,
         base_env: Mapping[str, str],
+        *,
+        image: dockerfiles.ImageConfig | None = None,
+        image_root: Path | None = None,
     ):
+        """``image``: the image's configuration (default Dockerfile.base's);
+        ``image_root``: its filesystem, where a path on no volume is found (default an
+        empty folder)."""
         self.objects = manifests.k8s_objects(docs)
         self.doc = next(d for d in docs if d["kind"] == kind)
         self.spec = next(manifests.pod_specs(self.doc))
-        self.image = dockerfiles.base_image()
+        self.image = image or dockerfiles.base_image()
+        self.image_root = image_root or folder / "image-root"
         self.folder = folder
         self.app = app
         self.base_env = dict(base_env)
@@ -84,8 +91,8 @@ class Pod:
         if port is not None:
             container_env["PORTAL_BOOT_HOST"] = "127.0.0.1"
             container_env["PORTAL_BOOT_PORT"] = str(port)
-        # A path on no mount is the image's own, where nothing of ours is: an empty folder.
-        mounts.setdefault("/", (self.folder / "image-root", True))
+        # A path on no mount is the image's own.
+        mounts.setdefault("/", (self.image_root, True))
         env = dict(self.base_env)
         for key, value in container_env.items():
             env[key] = Rehearsal._host_path(value, mounts, f"{container['name']}: {key}")
