@@ -503,8 +503,19 @@ def test_the_guide_commands_render_a_release_that_passes_the_checks(
             docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
             _checked(docs, f"guide {' '.join(argv[:3])}", created)
             jobs.append(_one(docs, "Job")["metadata"]["name"])
+            # --wait gives up no earlier than the rollout may legitimately take.
+            timeout = _seconds(argv[argv.index("--timeout") + 1])
+            assert timeout >= _one(docs, "Deployment")["spec"]["progressDeadlineSeconds"]
     assert ("Secret", "portal-database") in created
     assert len(jobs) == 2 and jobs[0] != jobs[1], jobs
+
+
+def _seconds(duration: str) -> int:
+    """A Go duration as Helm and Flux take it: 35m, 1h30m, 90s."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    parts = re.findall(r"(\d+)([hms])", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(int(n) * units[u] for n, u in parts)
 
 
 def test_the_guide_argo_cd_and_flux_manifests_render_a_release_that_passes_the_checks() -> None:
@@ -521,6 +532,9 @@ def test_the_guide_argo_cd_and_flux_manifests_render_a_release_that_passes_the_c
     ):
         docs = chart.render(values)
         _checked(docs, "guide", chart.external_objects(values))
+    flux_docs = chart.render(release["spec"]["values"])
+    deadline = _one(flux_docs, "Deployment")["spec"]["progressDeadlineSeconds"]
+    assert _seconds(release["spec"]["timeout"]) >= deadline
     # Argo CD: no TTL, so a finished Job does not go missing and come back.
     argo_job = _one(chart.render(application["spec"]["source"]["helm"]["valuesObject"]), "Job")
     assert "ttlSecondsAfterFinished" not in argo_job["spec"]
