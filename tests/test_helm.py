@@ -149,6 +149,23 @@ def test_no_helm_hook_anywhere() -> None:
             assert "helm.sh/hook" not in _rendered_text(case.id, version), case.id
 
 
+@pytest.mark.parametrize("case", CASES, ids=_case_ids(CASES))
+def test_helm_itself_finds_no_hook_and_notes_that_pass_the_drift_checks(case: Case) -> None:
+    """Helm's own view of the release: its HOOKS section is empty (Helm would run
+    anything listed there outside the release's resources), and the NOTES it prints after
+    an install name the Job and give commands the CLI accepts."""
+    out = chart.dry_run_install(case.values)
+    hooks = out[out.index("\nHOOKS:\n") + len("\nHOOKS:\n") : out.index("\nMANIFEST:\n")]
+    assert hooks.strip() == "", hooks
+    notes = out[out.index("\nNOTES:\n") :]
+    assert drift.mention_problems(Path("NOTES.txt"), notes) == []
+    commands = [argv for line in notes.splitlines() for _, argv in drift._shell_portal_boot(line)]
+    assert [["status"]] == commands, notes
+    if case.migrations == "job":
+        job = _one(_docs(case), "Job")["metadata"]["name"]
+        assert f"job/{job}" in notes
+
+
 # --- the two patterns --------------------------------------------------------------------------
 
 

@@ -86,6 +86,26 @@ def template_text(
     return proc.stdout
 
 
+def dry_run_install(values: Mapping[str, Any], *, version: str = HELM_VERSIONS[-1]) -> str:
+    """``helm install --dry-run=client``: the release as Helm would install it, hooks and
+    NOTES included. Helm 4 does it without a cluster (Helm 3 asks the cluster's version)."""
+    with tempfile.TemporaryDirectory(prefix="helm-values-") as folder:
+        proc = run_helm(
+            version,
+            "install",
+            RELEASE,
+            str(paths.CHART_DIR),
+            "--namespace",
+            NAMESPACE,
+            "--dry-run=client",
+            "--values",
+            _values_file(values, folder),
+        )
+    if proc.returncode != 0:
+        raise HelmError((proc.stderr or proc.stdout).strip())
+    return proc.stdout
+
+
 def render(values: Mapping[str, Any], **kwargs: Any) -> list[dict[str, Any]]:
     """``helm template`` parsed: one dict a Kubernetes object."""
     return [d for d in yaml.safe_load_all(template_text(values, **kwargs)) if d]
