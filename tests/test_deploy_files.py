@@ -386,7 +386,11 @@ def test_invocation_parses_with_the_real_cli(invocation: drift.Invocation) -> No
     assert drift.invocation_problems(invocation) == []
 
 
-@pytest.mark.parametrize("path", paths.deployment_files(), ids=_ids(paths.deployment_files()))
+@pytest.mark.parametrize(
+    "path",
+    paths.deployment_files(),
+    ids=[str(p.relative_to(paths.REPO)) for p in paths.deployment_files()],
+)
 def test_every_name_mentioned_exists(path: Path) -> None:
     assert drift.mention_problems(path, path.read_text(encoding="utf-8")) == []
 

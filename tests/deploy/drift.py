@@ -31,7 +31,13 @@ def known_variables() -> set[str]:
 
 
 def is_known_variable(name: str) -> bool:
-    return name in known_variables() or name.startswith("PIP_") or name in paths.GENERIC_VARIABLES
+    upcoming = {v for var in paths.UPCOMING_VARIABLES for v in (var, f"{var}_FILE")}
+    return (
+        name in known_variables()
+        or name.startswith("PIP_")
+        or name in paths.GENERIC_VARIABLES
+        or name in upcoming
+    )
 
 
 def parse_cli(args: Sequence[str]) -> dict[str, Any]:
@@ -50,6 +56,7 @@ def parse_cli(args: Sequence[str]) -> dict[str, Any]:
     command = cli.commands.get(name)
     if command is None:
         raise click.UsageError(f"no such command {name!r} (known: {sorted(cli.commands)})")
+    rest = _without_upcoming_options(command, name, rest)
     parent = click.Context(cli, info_name="portal-boot")
     ctx = command.make_context(name, list(rest), parent=parent)
     params = dict(ctx.params)
@@ -62,6 +69,25 @@ def parse_cli(args: Sequence[str]) -> dict[str, Any]:
     else:
         assert not passed, f"portal-boot {' '.join(args)}: {list(passed)} are not portal-boot flags"
     return {"command": name, "params": params}
+
+
+def _without_upcoming_options(command: Any, name: str, args: list[str]) -> list[str]:
+    """``args`` less the options of paths.UPCOMING_OPTIONS that ``command`` does not have
+    yet (and their values); the rest is parsed as usual."""
+    have = {opt for param in command.params for opt in getattr(param, "opts", ())}
+    upcoming = {opt for cmd, opt in paths.UPCOMING_OPTIONS if cmd == name and opt not in have}
+    kept: list[str] = []
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+        elif "--" in args[:i]:
+            kept.append(arg)
+        elif arg in upcoming:
+            skip = True
+        elif arg.split("=", 1)[0] not in upcoming:
+            kept.append(arg)
+    return kept
 
 
 def check_settings(params: Mapping[str, Any], environ: Mapping[str, str]) -> Any:
@@ -119,28 +145,37 @@ def invocations() -> list[Invocation]:
                     )
                 )
     for path in sorted(paths.K8S_DIR.glob("*.yaml")):
-        docs = compose.load_yaml_documents(path)
-        objects = manifests.k8s_objects(docs)
-        for doc in docs:
-            for spec in manifests.pod_specs(doc):
-                for container in [*spec.get("initContainers", []), *spec.get("containers", [])]:
-                    if not manifests.is_portal_container(container):
-                        continue
-                    args = manifests.container_args(container, base)
-                    if args is None:  # the entrypoint is replaced: manifests.k8s_problems says so
-                        continue
-                    env = {**base.env, **manifests.container_environment(container, objects)}
-                    found.append(
-                        Invocation(
-                            f"{path.name}: {doc['metadata']['name']}/{container['name']}",
-                            tuple(args),
-                            env,
-                        )
-                    )
+        found.extend(manifest_invocations(path.name, compose.load_yaml_documents(path), base))
     if paths.DOCS.exists():
         for lineno, snippet in markdown_code(paths.DOCS.read_text(encoding="utf-8")):
             for inline_env, argv in _shell_portal_boot(snippet):
                 found.append(Invocation(f"{paths.DOCS.name}:{lineno}", tuple(argv), inline_env))
+    return found
+
+
+def manifest_invocations(
+    label: str, docs: Sequence[Mapping[str, Any]], base: dockerfiles.ImageConfig
+) -> list[Invocation]:
+    """Every portal-boot container of a set of Kubernetes documents (a manifest file, or a
+    rendered Helm chart), with its arguments and its environment."""
+    found = []
+    objects = manifests.k8s_objects(docs)
+    for doc in docs:
+        for spec in manifests.pod_specs(doc):
+            for container in [*spec.get("initContainers", []), *spec.get("containers", [])]:
+                if not manifests.is_portal_container(container):
+                    continue
+                args = manifests.container_args(container, base)
+                if args is None:  # the entrypoint is replaced: manifests.k8s_problems says so
+                    continue
+                env = {**base.env, **manifests.container_environment(container, objects)}
+                found.append(
+                    Invocation(
+                        f"{label}: {doc['metadata']['name']}/{container['name']}",
+                        tuple(args),
+                        env,
+                    )
+                )
     return found
 
 

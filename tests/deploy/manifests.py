@@ -3,7 +3,7 @@ unknown field is an error), and the restricted-pod and portal-boot checks no sch
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -84,15 +84,19 @@ def k8s_objects(docs: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Mapp
     return {(d["kind"], d["metadata"]["name"]): d for d in docs}
 
 
-def k8s_problems(docs: Sequence[Mapping[str, Any]], path: Path) -> list[str]:
+def k8s_problems(
+    docs: Sequence[Mapping[str, Any]],
+    path: Path,
+    external: Collection[tuple[str, str]] = paths.K8S_EXTERNAL_OBJECTS,
+) -> list[str]:
+    """``external``: the (kind, name) of objects the documents use but the operator creates."""
     problems: list[str] = []
     objects = k8s_objects(docs)
     image = dockerfiles.base_image()
-    target = image.env["PORTAL_BOOT_TARGET"]
-    target_parent = str(PurePosixPath(target).parent)
+    image_target = image.env["PORTAL_BOOT_TARGET"]
 
     def defined(kind: str, name: str) -> bool:
-        return (kind, name) in objects or (kind, name) in paths.K8S_EXTERNAL_OBJECTS
+        return (kind, name) in objects or (kind, name) in external
 
     for doc in docs:
         if doc["kind"] == "Service" and doc["metadata"]["name"].upper().replace(
@@ -165,6 +169,13 @@ def k8s_problems(docs: Sequence[Mapping[str, Any]], path: Path) -> list[str]:
                     )
                     continue
                 step = args[0] if args else "run"
+                env = container_environment(container, objects)
+                # Another target than the base image's is one a derived image baked its
+                # plugins into (Dockerfile.with-plugins): nothing to install at run time,
+                # and no volume may hide it.
+                target = env.get("PORTAL_BOOT_TARGET", image_target)
+                target_parent = str(PurePosixPath(target).parent)
+                baked = target != image_target
                 if "/tmp" not in mounts or "emptyDir" not in volumes.get(
                     mounts["/tmp"]["name"], {}
                 ):
@@ -176,12 +187,20 @@ def k8s_problems(docs: Sequence[Mapping[str, Any]], path: Path) -> list[str]:
                         f"{cwhere}: mount the parent {target_parent}, not the target itself"
                     )
                 state = mounts.get(target_parent)
-                if step in ("run", "install", "migrate", "serve"):
+                if baked:
+                    if state is not None:
+                        problems.append(
+                            f"{cwhere}: a volume on {target_parent} hides the plugins baked into {target}"
+                        )
+                    if step == "install":
+                        problems.append(
+                            f"{cwhere}: install into the baked target {target}: bake them at build time"
+                        )
+                elif step in ("run", "install", "migrate", "serve"):
                     if state is None:
                         problems.append(f"{cwhere}: `{step}` needs a volume on {target_parent}")
                     elif "emptyDir" not in volumes.get(state["name"], {}):
                         problems.append(f"{cwhere}: {target_parent} should be an emptyDir")
-                env = container_environment(container, objects)
                 if step == "install":
                     if state is not None:
                         if state.get("readOnly"):
@@ -196,7 +215,7 @@ def k8s_problems(docs: Sequence[Mapping[str, Any]], path: Path) -> list[str]:
                         )
                     if not is_init:
                         problems.append(f"{cwhere}: install belongs in an init container")
-                if step in ("migrate", "serve") and state is not None:
+                if step in ("migrate", "serve") and state is not None and not baked:
                     if state["name"] not in installed_into:
                         problems.append(
                             f"{cwhere}: `{step}` runs before any install filled {target_parent} in this pod"
@@ -209,10 +228,11 @@ def k8s_problems(docs: Sequence[Mapping[str, Any]], path: Path) -> list[str]:
                     port_names = {
                         p.get("name"): p["containerPort"] for p in container.get("ports") or []
                     }
+                    health = env.get("PORTAL_BOOT_HEALTH_PATH", "/health")
                     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                         http = (container.get(probe) or {}).get("httpGet") or {}
-                        if http.get("path") != "/health":
-                            problems.append(f"{cwhere}: {probe} must GET /health")
+                        if http.get("path") != health:
+                            problems.append(f"{cwhere}: {probe} must GET {health}")
                         elif port_names.get(http.get("port"), http.get("port")) != int(
                             env.get("PORTAL_BOOT_PORT", image.env.get("PORTAL_BOOT_PORT", "8000"))
                         ):

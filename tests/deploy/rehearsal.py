@@ -57,6 +57,17 @@ def tree_digest(root: Path) -> dict[str, str]:
     return out
 
 
+def app_source(image: dockerfiles.ImageConfig) -> Path:
+    """The repository folder Dockerfile.base copies to its WORKDIR: the application."""
+    for instruction, args in image.instructions:
+        if instruction != "COPY" or "--from" in args:
+            continue
+        *sources, dest = [t for t in shlex.split(args) if not t.startswith("--")]
+        if dest.rstrip("/") == image.workdir.rstrip("/"):
+            return paths.REPO / sources[0]
+    raise AssertionError(f"Dockerfile.base copies nothing to its WORKDIR {image.workdir}")
+
+
 class Rehearsal:
     """The compose project on this machine: shared named volumes, secrets, the image."""
 
@@ -84,13 +95,7 @@ class Rehearsal:
         self.app_digest = tree_digest(self.app_dir)
 
     def _app_source(self) -> Path:
-        for instruction, args in self.image.instructions:
-            if instruction != "COPY" or "--from" in args:
-                continue
-            *sources, dest = [t for t in shlex.split(args) if not t.startswith("--")]
-            if dest.rstrip("/") == self.image.workdir.rstrip("/"):
-                return paths.REPO / sources[0]
-        raise AssertionError(f"Dockerfile.base copies nothing to its WORKDIR {self.image.workdir}")
+        return app_source(self.image)
 
     # -- per service --------------------------------------------------------------------
 
