@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from portal_boot import proc
-from portal_boot.errors import SignatureError
+from portal_boot.errors import SignatureError, who
 from portal_boot.proc import signals_deferred
 
 if TYPE_CHECKING:
@@ -261,7 +261,10 @@ class _Keyring:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise SignatureError(f"cannot read key file {path} ({exc.strerror or exc})") from None
+            raise SignatureError(
+                f"cannot read key file {path} ({exc.strerror or exc}) as {who()}: make it "
+                "readable (chmod a+r)"
+            ) from None
         result = self.gpg.import_keys(data, extra_args=_IMPORT_ARGS)
         if result.sec_read:
             raise SignatureError(
@@ -283,7 +286,8 @@ class _Keyring:
             with wheel.open("rb"):
                 pass
         except OSError as exc:
-            return _Verdict(wheel, UNREADABLE, detail=f"cannot read it ({exc.strerror or exc})")
+            why = f"cannot read it ({exc.strerror or exc}) as {who()}: make it readable (chmod a+r)"
+            return _Verdict(wheel, UNREADABLE, detail=why)
         verdicts = [self._judge_file(wheel, sig) for sig in signatures]
         failed = next((v for v in verdicts if v.state != VALID), None)
         if failed:
@@ -294,7 +298,7 @@ class _Keyring:
         try:
             result = self.gpg.verify_file(str(sig), data_filename=str(wheel))
         except OSError as exc:
-            why = f"cannot read {sig.name} ({exc.strerror or exc})"
+            why = f"cannot read {sig.name} ({exc.strerror or exc}) as {who()}: make it readable"
             return _Verdict(wheel, UNREADABLE, sig, detail=why)
         # Status lines, not python-gnupg's summary, which keeps only the last of them.
         output = (result.stderr or "").splitlines()
