@@ -12,8 +12,8 @@
 #    defaults for root exceed them and root may lack CAP_SYS_RESOURCE).
 # 3. Where no registry is reachable: a debootstrapped trixie (localhost/debian-minbase:trixie)
 #    and, FROM it, local stand-ins tagged docker.io/library/python:3.13-slim-trixie and
-#    docker.io/library/postgres:16 (tests/images/standin/). An image that already exists
-#    (pulled or built earlier) is kept.
+#    docker.io/library/postgres:16 (tests/images/standin/), rebuilt when their files change.
+#    An image pulled from a registry under those names is kept.
 # 4. docker-compose 1.29.2 (the Python one, from PyPI) in a virtualenv of its own
 #    ($CACHE/compose-venv): it pins old dependencies (PyYAML 5, docker 5, urllib3 < 2)
 #    that must not meet the project's. It talks to `podman system service`.
@@ -39,6 +39,7 @@ for pair in podman:podman buildah:buildah runc:runc fuse-overlayfs:fuse-overlayf
             slirp4netns:slirp4netns newuidmap:uidmap debootstrap:debootstrap; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
+python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)  # docker-compose's venv
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]} with apt-get"
   apt-get update -qq
@@ -60,8 +61,27 @@ CONFEOF
 mv "$CONF.new" "$CONF"
 
 # ------------------------------------------------------------------------------ 3. base images
-if ! podman image exists docker.io/library/python:3.13-slim-trixie \
-   || ! podman image exists docker.io/library/postgres:16; then
+# Where podman cannot run a container at all (no user namespaces, no cgroups, ...), say so
+# once and stop here: the rehearsal then skips itself with this reason.
+rm -f "$CACHE/unusable"
+unusable() {
+  echo "$1" > "$CACHE/unusable"
+  say "podman cannot run a container here ($1): the image rehearsal will be skipped"
+  exit 0
+}
+
+# A stand-in is rebuilt when its Containerfile changed (its sha256 is the image's label).
+# An image without that label (pulled from a registry) is kept as it is.
+standin_label() { cat "$1" tests/images/standin/postgres-entrypoint.sh | sha256sum | cut -c1-16; }
+standin_current() {  # IMAGE CONTAINERFILE
+  local have
+  have=$(podman image inspect --format '{{index .Labels "org.portal-boot.standin"}}' "$1" 2>/dev/null) || return 1
+  [ "$have" = "$(standin_label "$2")" ] || [ "$have" = "<no value>" ]
+}
+PY_CF=tests/images/standin/python-3.13-slim-trixie.Containerfile
+PG_CF=tests/images/standin/postgres-16.Containerfile
+if ! standin_current docker.io/library/python:3.13-slim-trixie "$PY_CF" \
+   || ! standin_current docker.io/library/postgres:16 "$PG_CF"; then
   if ! podman image exists localhost/debian-minbase:trixie; then
     say "debootstrap trixie (minbase) from $MIRROR"
     rootfs=$(mktemp -d /var/tmp/pb-trixie-XXXXXX)
@@ -74,16 +94,17 @@ if ! podman image exists docker.io/library/python:3.13-slim-trixie \
     rm -rf "$rootfs"; trap - EXIT
     took "debootstrapped trixie -> localhost/debian-minbase:trixie"
   fi
-  if ! podman image exists docker.io/library/python:3.13-slim-trixie; then
-    podman build -q --format docker --pull=never \
-      -t docker.io/library/python:3.13-slim-trixie \
-      -f tests/images/standin/python-3.13-slim-trixie.Containerfile tests/images/standin >/dev/null
+  if ! probe=$(podman run --rm --network none localhost/debian-minbase:trixie true 2>&1); then
+    unusable "$(printf '%s\n' "$probe" | tail -1)"
+  fi
+  if ! standin_current docker.io/library/python:3.13-slim-trixie "$PY_CF"; then
+    podman build -q --format docker --pull=never --label "org.portal-boot.standin=$(standin_label "$PY_CF")" \
+      -t docker.io/library/python:3.13-slim-trixie -f "$PY_CF" tests/images/standin >/dev/null
     took "stand-in docker.io/library/python:3.13-slim-trixie built"
   fi
-  if ! podman image exists docker.io/library/postgres:16; then
-    podman build -q --format docker --pull=never \
-      -t docker.io/library/postgres:16 \
-      -f tests/images/standin/postgres-16.Containerfile tests/images/standin >/dev/null
+  if ! standin_current docker.io/library/postgres:16 "$PG_CF"; then
+    podman build -q --format docker --pull=never --label "org.portal-boot.standin=$(standin_label "$PG_CF")" \
+      -t docker.io/library/postgres:16 -f "$PG_CF" tests/images/standin >/dev/null
     took "stand-in docker.io/library/postgres:16 built"
   fi
 fi
