@@ -124,4 +124,7 @@ if ! "$DC/bin/docker-compose" version >/dev/null 2>&1; then
   pipi "docker-compose==1.29.2" "docker[ssh]==5.0.3" "requests==2.31.0" "urllib3<2"
   took "docker-compose installed"
 fi
+# A stand-in replaced above leaves its old image untagged.
+old=$(podman images -q --filter dangling=true --filter since=localhost/debian-minbase:trixie 2>/dev/null || true)
+[ -z "$old" ] || podman rmi $old >/dev/null 2>&1 || true  # not -f: one in use stays
 say "ready ($(( $(date +%s) - t0 )) s): CONTAINERS_CONF=$CONF, docker-compose $DC/bin/docker-compose"

@@ -162,6 +162,12 @@ def engine() -> Iterator[None]:
     figure(f"image rehearsal: {TIMES['whole rehearsal']:.0f} s in all (builds included)")
     for image in (ADOPTED, WITH_PLUGINS, BASE):
         podman("rmi", "-f", image, check=False)
+    # What the builds left untagged (the builder stage, layers of the removed images):
+    # dangling images made since the base image, nothing else.
+    left = podman("images", "-q", "--filter", "dangling=true", "--filter", f"since={PYTHON_BASE}",
+                  check=False).stdout.split()  # fmt: skip
+    if left:  # not -f: one in use by another build stays
+        podman("rmi", *left, check=False)
 
 
 @pytest.fixture(scope="module")
