@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from portal_boot.errors import UsageError, denied
 from portal_boot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,20 @@ def uvicorn_argv(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
     # The resolved generation, not the link: a later install switching the link
     # cannot change a running server's imports halfway through its life.
     plugin_path = current_generation(settings.target) or settings.target
+    try:
+        os.listdir(plugin_path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # nothing installed: the application starts with the image's plugins only
+    except OSError as exc:  # uvicorn would start without the plugins, and say nothing
+        raise UsageError(
+            denied(
+                exc,
+                "cannot read the plugin target",
+                "make the state folder readable by this user or its group (group 0 with "
+                "chmod g=u for OpenShift's arbitrary uid), or run serve as the user that "
+                "installed",
+            )
+        ) from None
     return [
         sys.executable,
         "-m",
