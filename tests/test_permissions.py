@@ -130,3 +130,10 @@ def test_an_unreadable_key_file_names_the_user(
     # A key that cannot be read fails closed, like every other verification failure (3).
     assert_one_line_failure(result, 3, str(keys), "Permission denied", _user(), "chmod a+r")
     assert list(state.iterdir()) == []
+
+
+def test_serve_refuses_a_target_it_cannot_read(unprivileged, foreign_state, clean_env) -> None:
+    """uvicorn would otherwise start without the plugins and say nothing."""
+    target = foreign_state / "plugins"
+    result = _run(unprivileged, clean_env, "serve", "--target", str(target), "--port", "1")
+    assert_one_line_failure(result, 2, "UsageError", str(target), "Permission denied", _user())
