@@ -246,6 +246,15 @@ def _fail(exc: BaseException, code: int, kind: str) -> int:
     return code
 
 
+def _internal(exc: Exception) -> int:
+    return _fail(
+        exc,
+        1,
+        f"internal error ({type(exc).__name__}; rerun with --log-level debug for the "
+        "traceback and please report it)",
+    )
+
+
 # Permission denied, operation not permitted, read-only file system.
 _DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 
@@ -272,17 +281,14 @@ def main(argv: list[str] | None = None) -> None:
         code = _fail(UsageError(f"{exc.format_message()}{hint}"), 2, "UsageError")
     except KeyboardInterrupt:
         code = _fail(KeyboardInterrupt("interrupted"), 130, "stopped")
-    except Exception as exc:
-        if isinstance(exc, OSError) and exc.errno in _DENIED:
+    except OSError as exc:
+        if exc.errno in _DENIED:
             # A permission problem no step named itself: the user's to fix, not a bug.
             code = _fail(UsageError(denied(exc, "cannot access")), 2, "UsageError")
-        else:  # a bug: say so in one line, traceback at debug level
-            code = _fail(
-                exc,
-                1,
-                f"internal error ({type(exc).__name__}; rerun with --log-level debug for the "
-                "traceback and please report it)",
-            )
+        else:
+            code = _internal(exc)
+    except Exception as exc:  # a bug: say so in one line, traceback at debug level
+        code = _internal(exc)
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
