@@ -26,7 +26,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -90,7 +89,7 @@ def timed(name: str):
 
 
 def http_json(url: str, timeout: float = 2.0) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+    with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.loads(response.read())
 
 
@@ -280,7 +279,7 @@ def test_base_image_is_built_unmodified_with_its_healthcheck(base_image: str) ->
 
 def test_base_image_holds_exactly_the_locked_dependencies(base_image: str, work: Path) -> None:
     locked = dict(
-        re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (work / "requirements" / "image.txt").read_text(), re.M)
+        re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (work / "requirements" / "image.txt").read_text(), re.MULTILINE)
     )
     frozen = podman("run", "--rm", "--entrypoint", "/opt/venv/bin/pip", base_image,
                     "list", "--format", "json").stdout  # fmt: skip
@@ -294,7 +293,7 @@ def test_help(base_image: str) -> None:
     result = podman("run", "--rm", "--network", "none", base_image, "--help")
     assert "Usage: portal-boot" in result.stdout
     for command in ("run", "install", "migrate", "serve", "status"):
-        assert re.search(rf"^\s+{command}\b", result.stdout, re.M), result.stdout
+        assert re.search(rf"^\s+{command}\b", result.stdout, re.MULTILINE), result.stdout
 
 
 def test_run_status_pid1_user_plugins_and_stop(base_image, work, database, names) -> None:
@@ -514,7 +513,7 @@ def plugins() -> dict:
 def _readme_dockerfile() -> str:
     readme = (REPO / "README.md").read_text()
     section = readme.split("## Adopting portal-boot in your own image", 1)[1]
-    match = re.search(r"```dockerfile\n(.*?)```", section, re.S)
+    match = re.search(r"```dockerfile\n(.*?)```", section, re.DOTALL)
     assert match, "README's adopting section has no dockerfile block"
     return match.group(1)
 
@@ -537,7 +536,8 @@ def test_adopting_portal_boot_in_your_own_image(engine, base_image, work, databa
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--isolated", "-q", "--no-deps", *cert,
          "--index-url", "https://pypi.org/simple", "--wheel-dir", str(dist), str(work)],
-        capture_output=True, text=True, env={k: v for k, v in os.environ.items() if not k.startswith("PIP_")},
+        capture_output=True, text=True, check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PIP_")},
     )  # fmt: skip
     assert built.returncode == 0, built.stderr[-3000:]
     wheel = next(dist.glob("portal_boot-*.whl"))
