@@ -348,6 +348,9 @@ def test_run_status_pid1_user_plugins_and_stop(base_image, work, database, names
 
 
 def test_with_plugins_image_audits_its_wheels_as_the_runtime_user(with_plugins_image: str) -> None:
+    info = json.loads(podman("image", "inspect", with_plugins_image).stdout)[0]
+    assert info["Healthcheck"]["Test"][0] == "CMD", info.get("Healthcheck")  # kept from the base
+    assert info["Config"]["User"] == "10001:10001"
     result = podman("run", "--rm", "--network", "none", "--no-healthcheck", *HARDENED,
                     with_plugins_image, "status", "--wheel-dir", "/opt/portal-boot/wheels",
                     check=False)  # fmt: skip
