@@ -7,6 +7,7 @@ This is the only module that exits. Every failure ends with one line on stderr,
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -20,7 +21,7 @@ from typing import Any
 import click
 
 from portal_boot import __version__, logs
-from portal_boot.errors import BootError, Terminated, UsageError
+from portal_boot.errors import BootError, Terminated, UsageError, denied
 from portal_boot.settings import Settings, resolve
 
 log = logging.getLogger("portal_boot")
@@ -245,6 +246,19 @@ def _fail(exc: BaseException, code: int, kind: str) -> int:
     return code
 
 
+def _internal(exc: Exception) -> int:
+    return _fail(
+        exc,
+        1,
+        f"internal error ({type(exc).__name__}; rerun with --log-level debug for the "
+        "traceback and please report it)",
+    )
+
+
+# Permission denied, operation not permitted, read-only file system.
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -267,13 +281,14 @@ def main(argv: list[str] | None = None) -> None:
         code = _fail(UsageError(f"{exc.format_message()}{hint}"), 2, "UsageError")
     except KeyboardInterrupt:
         code = _fail(KeyboardInterrupt("interrupted"), 130, "stopped")
+    except OSError as exc:
+        if exc.errno in _DENIED:
+            # A permission problem no step named itself: the user's to fix, not a bug.
+            code = _fail(UsageError(denied(exc, "cannot access")), 2, "UsageError")
+        else:
+            code = _internal(exc)
     except Exception as exc:  # a bug: say so in one line, traceback at debug level
-        code = _fail(
-            exc,
-            1,
-            f"internal error ({type(exc).__name__}; rerun with --log-level debug for the "
-            "traceback and please report it)",
-        )
+        code = _internal(exc)
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()

@@ -66,3 +66,33 @@ class Terminated(SystemExit):
 
     def __str__(self) -> str:
         return self.message
+
+
+def who() -> str:
+    """This process's user, as a permission message names it: ``uid 10001 (portal), gid 0``.
+    OpenShift's arbitrary uid has no name: then only the number."""
+    import grp
+    import os
+    import pwd
+
+    uid, gid = os.geteuid(), os.getegid()
+    try:
+        user = f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        user = f"uid {uid}"
+    try:
+        group = f"gid {gid} ({grp.getgrgid(gid).gr_name})"
+    except KeyError:
+        group = f"gid {gid}"
+    return f"{user}, {group}"
+
+
+def denied(exc: OSError, doing: str, fix: str = "") -> str:
+    """One line for a permission problem: what was refused, where, to whom, and the fix.
+    ``doing`` says what was tried ("cannot use the plugin target")."""
+    path = exc.filename if exc.filename is not None else "?"
+    fix = fix or (
+        f"give this user (or its group) access to {path}: e.g. chown it to the user the "
+        "container runs as, or, for OpenShift's arbitrary uid in group 0, chgrp 0 and chmod g=u"
+    )
+    return f"{doing} {path} ({exc.strerror or exc}) as {who()}: {fix}"

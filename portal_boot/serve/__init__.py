@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from portal_boot.errors import UsageError, denied
 from portal_boot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,20 @@ def uvicorn_argv(
 ) -> list[str]:
     """The command line portal-boot execs. Arguments after ``--`` come last, so a
     ``--port`` given there wins over portal-boot's own."""
+    try:
+        os.listdir(plugin_path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # nothing installed: the application starts with the image's plugins only
+    except OSError as exc:  # uvicorn would start without the plugins, and say nothing
+        raise UsageError(
+            denied(
+                exc,
+                "cannot read the plugin target",
+                "make the state folder readable by this user or its group (group 0 with "
+                "chmod g=u for OpenShift's arbitrary uid), or run serve as the user that "
+                "installed",
+            )
+        ) from None
     return [
         sys.executable,
         "-m",

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from portal_boot.errors import InstallError
+from portal_boot.errors import InstallError, denied, who
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,21 @@ def check_target(target: Path) -> None:
     """Refuse a target portal-boot did not create, before doing any work: never
     delete or shadow user data. Raises InstallError."""
     target = _absolute(target)
+    try:
+        _check_target(target)
+    except OSError as exc:  # a state folder this user may not enter (another uid's volume)
+        raise InstallError(denied(exc, "cannot use the plugin target", _state_fix(target))) from None
+
+
+def _state_fix(target: Path) -> str:
+    return (
+        f"make {target.parent} writable by this user or its group (owner the container's "
+        "uid, or group 0 with chmod g=u for OpenShift's arbitrary uid), or mount a fresh "
+        f"volume or emptyDir there, or {_FIX}"
+    )
+
+
+def _check_target(target: Path) -> None:
     if target.is_symlink():
         dest = Path(os.path.normpath(target.parent / os.readlink(target)))
         if dest.parent != home(target):
@@ -116,7 +131,7 @@ def check_target(target: Path) -> None:
     try:
         entries = sorted(os.listdir(target))
     except OSError as exc:
-        raise InstallError(f"cannot read the target {target} ({exc.strerror}): {_FIX}") from None
+        raise InstallError(denied(exc, "cannot read the target", _state_fix(target))) from None
     if entries:
         shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise InstallError(
@@ -135,8 +150,8 @@ def locked(target: Path, timeout: float) -> Iterator[Path]:
         fd = os.open(folder / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise InstallError(
-            f"cannot write beside the target in {folder.parent} ({exc.strerror}): give the "
-            f"user write access there, or {_FIX}"
+            f"cannot write beside the target in {folder.parent} ({exc.strerror}) as {who()}: "
+            + _state_fix(_absolute(target))
         ) from None
     deadline = time.monotonic() + timeout
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from portal_boot import proc
-from portal_boot.errors import SignatureError
+from portal_boot.errors import SignatureError, who
 from portal_boot.proc import signals_deferred
 from portal_boot.wheels.signatures import (
     _FPRS,
@@ -129,7 +129,10 @@ class Keyring:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise SignatureError(f"cannot read key file {path} ({exc.strerror or exc})") from None
+            raise SignatureError(
+                f"cannot read key file {path} ({exc.strerror or exc}) as {who()}: make it "
+                "readable (chmod a+r)"
+            ) from None
         result = self.gpg.import_keys(data, extra_args=_IMPORT_ARGS)
         if result.sec_read:
             raise SignatureError(
@@ -151,7 +154,8 @@ class Keyring:
             with wheel.open("rb"):
                 pass
         except OSError as exc:
-            return Verdict(wheel, UNREADABLE, detail=f"cannot read it ({exc.strerror or exc})")
+            why = f"cannot read it ({exc.strerror or exc}) as {who()}: make it readable (chmod a+r)"
+            return Verdict(wheel, UNREADABLE, detail=why)
         verdicts = [self._judge_file(wheel, sig) for sig in signatures]
         failed = next((v for v in verdicts if v.state != VALID), None)
         if failed:
@@ -162,7 +166,7 @@ class Keyring:
         try:
             result = self.gpg.verify_file(str(sig), data_filename=str(wheel))
         except OSError as exc:
-            why = f"cannot read {sig.name} ({exc.strerror or exc})"
+            why = f"cannot read {sig.name} ({exc.strerror or exc}) as {who()}: make it readable"
             return Verdict(wheel, UNREADABLE, sig, detail=why)
         # Status lines, not python-gnupg's summary, which keeps only the last of them.
         output = (result.stderr or "").splitlines()

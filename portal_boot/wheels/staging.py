@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from portal_boot.errors import InstallError, SignatureError, UsageError
+from portal_boot.errors import InstallError, SignatureError, UsageError, who
 from portal_boot.wheels.request import Request
 
 if TYPE_CHECKING:
@@ -73,8 +73,8 @@ def folder_wheels(wheel_dir: Path) -> list[Path]:
         ) from None
     except OSError as exc:
         raise UsageError(
-            f"cannot read the wheel folder {wheel_dir} ({exc.strerror}): fix {WHEEL_DIR} "
-            "or its permissions"
+            f"cannot read the wheel folder {wheel_dir} ({exc.strerror}) as {who()}: fix "
+            f"{WHEEL_DIR}, or make the folder readable for this user (chmod a+rx)"
         ) from None
     wheels = [path for path in entries if path.name.endswith(".whl") and path.is_file()]
     sdists = [path.name for path in entries if path.name.endswith(_SDISTS)]
@@ -120,7 +120,8 @@ def _copy(source: Path, dest: Path) -> str:
     except OSError as exc:
         # Fail closed: an unreadable wheel or signature is a verification failure.
         raise SignatureError(
-            f"{source.name}: cannot read it ({exc.strerror}): fix its permissions"
+            f"{source}: cannot read it ({exc.strerror}) as {who()}: make it readable for "
+            "this user (chmod a+r, e.g. 0644)"
         ) from None
     return digest.hexdigest()
 
