@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -381,3 +383,25 @@ def _plugin(root: Path):
     """A plugin for read_version_table to name in its errors."""
     install_plugin(root / "t", "x_plugin", {"env.py": ""})
     return discover([root / "t"], GROUP)[0]
+
+
+@pytest.mark.parametrize("call", ["status", "serve"])
+def test_the_warm_path_reads_the_own_version_tables_without_alembic(
+    call: str, app: Path, mixed: Path, pg_url: str, clean_env: dict[str, str]
+) -> None:
+    from test_migrations_fast import _PROBE
+
+    assert migrate(app, pg_url, mixed, clean_env).returncode == 0
+    probe = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(app), str(mixed), pg_url, call],
+        env=clean_env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    answer = json.loads(probe.stdout)
+    assert answer["loaded"] == []  # neither Alembic nor SQLAlchemy imported
+    if call == "status":
+        own = {e["version_table"]: e["current"] for e in answer["out"]["environments"]}
+        assert own == {
+            "alembic_version_databricks_plugin": ["databricks_0001"],
+            "alembic_version_lake": ["lake_0002"],
+        }
