@@ -405,3 +405,13 @@ def test_the_warm_path_reads_the_own_version_tables_without_alembic(
             "alembic_version_databricks_plugin": ["databricks_0001"],
             "alembic_version_lake": ["lake_0002"],
         }
+
+
+def test_to_another_point_of_an_own_environment_is_a_usage_error(
+    app: Path, mixed: Path, pg_url: str, clean_env: dict[str, str]
+) -> None:
+    result = migrate(app, pg_url, mixed, clean_env, "--to", "lake_plugin@lake_0001")
+    assert_one_line_failure(
+        result, 2, "--to lake_plugin@lake_0001", "own Alembic environment", "lake_plugin@base"
+    )
+    assert tables(pg_url) == set()

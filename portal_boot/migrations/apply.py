@@ -92,26 +92,19 @@ def upgrade(
                 "migrate: nothing to do, database at heads %s (checked without Alembic)",
                 ", ".join(found.current),
             )
-            for env in found.environments:
-                log.info(
-                    "migrate: plugin %s (own Alembic environment, %s) at its heads %s",
-                    env["plugin"], env["version_table"], ", ".join(env["current"]),
-                )  # fmt: skip
+            environment_runs.log_at_heads(found.environments)
             return
     url = _sync(url)
     project = load_project(sources, plugins)
     envs = environments.load(plugins)
-    chained = [p for p in plugins if not environments.is_own_environment(p)]
     log.info(
-        "%d revision files: the application's and those of %s (--migrations-mode %s)",
+        "%d revision files: the application's and those of %s (--migrations-mode %s)%s",
         len(project.files),
-        ", ".join(p.name for p in chained) or "no plugin",
+        ", ".join(p.name for p in plugins if not environments.is_own_environment(p))
+        or "no plugin",
         sources.migrations_mode,
+        environment_runs.describe(envs),
     )
-    if envs:
-        log.info(
-            "plugins with their own Alembic environment: %s", ", ".join(e.name for e in envs)
-        )
     own = environment_runs.find_target(envs, to) if to is not None else None
     if sql:
         if own is not None:
@@ -127,7 +120,7 @@ def upgrade(
             conn = stack.enter_context(_connect(engine, migrating=True))
             current = current_revisions(conn)
             preflight.check_database(project.graph, current, others=project.others)
-            pending_before = project.graph.pending(current) + _own_pending(
+            pending_before = project.graph.pending(current) + environment_runs.pending_names(
                 environment_runs.states(envs, url, conn, sources.target)
             )
             if to is None and not pending_before and files_in_place(project):
@@ -208,7 +201,7 @@ def wait_until_at_heads(
                 problem = first_line(exc)
             else:
                 preflight.check_database(project.graph, current, others=project.others)
-                pending = project.graph.pending(current) + _own_pending(own)
+                pending = project.graph.pending(current) + environment_runs.pending_names(own)
             if pending == ():
                 log.info("database at the heads (%s)", ", ".join(project.graph.heads))
                 return
@@ -265,11 +258,6 @@ def revision_state(
         project.graph.pending(current),
         tuple(state.as_dict() for state in own),
     )
-
-
-def _own_pending(states: Sequence[environment_runs.EnvState]) -> tuple[str, ...]:
-    """The own environments' pending revisions, each named with its plugin."""
-    return tuple(f"{r} (plugin {s.env.name})" for s in states for r in s.pending)
 
 
 def _command(project: Project, to: str | None, current: Sequence[str]) -> tuple[str, str]:

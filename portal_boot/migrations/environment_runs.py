@@ -62,6 +62,27 @@ class EnvState:
         return entry(self.env.name, self.version_table, self.current, self.heads, self.pending)
 
 
+def pending_names(states: Sequence[EnvState]) -> tuple[str, ...]:
+    """The own environments' pending revisions, each named with its plugin."""
+    return tuple(f"{r} (plugin {s.env.name})" for s in states for r in s.pending)
+
+
+def describe(envs: Sequence[Environment]) -> str:
+    """For the run's first log line: the plugins with their own environment, if any."""
+    if not envs:
+        return ""
+    return f"; with their own Alembic environment: {', '.join(e.name for e in envs)}"
+
+
+def log_at_heads(entries: Sequence[dict[str, Any]]) -> None:
+    """The warm path's word on each own environment (``entry`` dicts)."""
+    for env in entries:
+        log.info(
+            "migrate: plugin %s (own Alembic environment, %s) at its heads %s",
+            env["plugin"], env["version_table"], ", ".join(env["current"]),
+        )  # fmt: skip
+
+
 def entry(
     plugin: str | None,
     table: VersionTable | str,
