@@ -192,7 +192,10 @@ def downgrade_environment(
     """Run one own environment's downgrades to ``target`` (``base``: every table of
     the plugin's history dropped, and its version table's rows with them; the empty
     table stays, as Alembic leaves it). For removing a plugin: call it under the
-    migration lock, with the plugin still installed. Raises MigrationError."""
+    migration lock, with the plugin still installed, ``env`` from
+    ``environments.load([plugin])`` (empty when the plugin has no environment of its
+    own), ``conn`` a connection of the run (``apply._connect(engine, migrating=True)``).
+    Raises MigrationError."""
     state = next(iter(states([env], url, conn, plugin_target)))
     if not state.current:
         log.info(
