@@ -415,3 +415,32 @@ def test_to_another_point_of_an_own_environment_is_a_usage_error(
         result, 2, "--to lake_plugin@lake_0001", "own Alembic environment", "lake_plugin@base"
     )
     assert tables(pg_url) == set()
+
+
+def test_copy_mode_places_only_the_chained_plugins_files(
+    app: Path, mixed: Path, pg_url: str, clean_env: dict[str, str]
+) -> None:
+    result = migrate(app, pg_url, mixed, clean_env, "--migrations-mode", "copy")
+    assert result.returncode == 0, result.stderr
+    versions = app.parent / "app/database/alembic/versions"
+    placed = {p.name for p in versions.iterdir() if p.name.startswith(("s3_", "lake_", "env"))}
+    assert placed == {"s3_0001_buckets.py", "s3_0002_objects.py"}  # no env.py, no lake_*
+    assert tables(pg_url) == CORE | S3 | DATABRICKS | LAKE
+
+
+def test_status_text_names_each_own_environment(
+    app: Path, mixed: Path, pg_url: str, clean_env: dict[str, str]
+) -> None:
+    args = ["status", "--alembic-config", str(app), "--database-url", pg_url, "--target", str(mixed)]
+    before = portal_boot(*args, env=clean_env)
+    assert before.returncode == 6, before.stdout + before.stderr
+    assert (
+        "plugin lake_plugin (own Alembic environment, version table alembic_version_lake): "
+        "current none, heads lake_0002, pending lake_0001, lake_0002"
+    ) in before.stdout
+    assert "lake_plugin = lake_plugin.schema:LakePluginConfiguration" in before.stdout
+    assert migrate(app, pg_url, mixed, clean_env).returncode == 0
+    after = portal_boot(*args, env=clean_env)
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert "current lake_0002, heads lake_0002" in after.stdout
+    assert "migrations (own Alembic environment)" in after.stdout
