@@ -259,8 +259,8 @@ def test_a_failing_revision_rolls_back_that_plugin_only(
         ),
         pytest.param(
             {"env.py": env_py(configure="")},
-            ["plugin lake_plugin's own Alembic environment records its revisions in "
-             "alembic_version, the application's version table",
+            [("plugin lake_plugin's own Alembic environment records its revisions in "
+              "alembic_version, the application's version table"),
              'version_table="alembic_version_lake_plugin"'],
             id="default-version-table",
         ),
