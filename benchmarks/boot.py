@@ -6,7 +6,7 @@ HTTP 200 on /health:
       --target, copy the plugin migrations, alembic upgrade heads, exec uvicorn);
   (c) bare ``python -m uvicorn`` with the plugins already importable (the floor).
 
-Scenarios: ``warm`` and ``cold`` (the two example plugins), ``warm-10`` and ``cold-10``
+Scenarios: ``warm`` and ``cold`` (the three example plugins), ``warm-10`` and ``cold-10``
 (10 generated plugins, 50 revisions), and ``wait`` (a database started late: how long
 after it first answers a query portal-boot's wait-db exits, next to a fixed-interval
 ``pg_isready`` loop). See benchmarks/README.md.

@@ -5,6 +5,8 @@
 #   pip install --target=/plugins <plugins>                         (install)
 #   cp /plugins/*/migration/*.py /app/app/database/alembic/versions/ (copy migrations)
 #   alembic upgrade head                                            (migrate)
+#   alembic -c /plugins/<p>/migrations/alembic.ini upgrade heads    (plugins with their
+#                                                                    own environment)
 #   exec uvicorn app.main:app --host 0.0.0.0 --port 8000            (serve)
 #
 # with PYTHONPATH=/app:/plugins, as the guide sets it. No signature is checked (the
@@ -29,4 +31,12 @@ pip install --quiet --disable-pip-version-check --no-index --no-deps --upgrade \
 cp "$TARGET"/*/migration/*.py app/database/alembic/versions/
 export PYTHONPATH="$APP_DIR:$TARGET"
 alembic -c alembic.ini upgrade heads
+# Plugins that bring their own Alembic environment (migrations/env.py, its own version
+# table; the guide's `flask plugin upgrade-all`): each its own upgrade, after the core's,
+# on the database the portal's alembic.ini names (configparser's %% undone).
+url=$(sed -n 's/^sqlalchemy\.url = //p' alembic.ini | sed 's/%%/%/g')
+for ini in "$TARGET"/*/migrations/alembic.ini; do
+  [ -e "$ini" ] || continue
+  alembic -c "$ini" -x url="$url" upgrade heads
+done
 exec uvicorn app.main:app --host "$HOST" --port "$PORT"

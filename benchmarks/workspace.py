@@ -1,6 +1,6 @@
 """The benchmark's shared set-up, made once per run in one temporary folder: a
 byte-compiled snapshot of portal_boot/, a byte-compiled copy of the example portal,
-the wheel sets (the two example plugins, signed by scripts/build-example-plugins.sh;
+the wheel sets (the three example plugins, signed by scripts/build-example-plugins.sh;
 ten generated plugins signed with a throwaway key), and databases on a throwaway
 PostgreSQL cluster (tests/pgserver.py) or on a server given with --database-url.
 """
@@ -134,11 +134,11 @@ class Workspace:
             env=self.env(PYTHON=self.python),
         )
         return self._finish(
-            "2 example plugins, 3 plugin revisions",
+            "3 example plugins (one with its own Alembic environment), 4 plugin revisions",
             base / "wheels",
             base / "keys" / "demo-signing-key.asc",
-            2,
             3,
+            4,
         )
 
     def _generated(self, count: int = 10, revisions: int = 5) -> WheelSet:

@@ -50,6 +50,7 @@ class Report:
         out += [
             f"  {p['name']} = {p['value']} ({p['distribution']} {p['version']})"
             + (", migrations" if p["migrations"] else "")
+            + (" (own Alembic environment)" if p.get("own_environment") else "")
             + ("" if p["enabled"] else ", disabled")
             for p in self.plugins
         ] or ["  none"]
@@ -63,6 +64,15 @@ class Report:
             out.append(f"           heads   {', '.join(rev.get('heads') or ['none'])}")
             if rev.get("pending"):
                 out.append(f"           pending {', '.join(rev['pending'])}")
+            for env in rev.get("environments") or []:
+                if env["plugin"] is None:
+                    continue  # the application's: the lines above
+                out.append(
+                    f"plugin {env['plugin']} (own Alembic environment, version table "
+                    f"{env['version_table']}): current {', '.join(env['current']) or 'none'}, "
+                    f"heads {', '.join(env['heads']) or 'none'}"
+                    + (f", pending {', '.join(env['pending'])}" if env["pending"] else "")
+                )
         if self.problems:
             out.append("pending:")
             out += [f"  - {p}" for p in self.problems]
@@ -98,6 +108,7 @@ def _wheels(settings: Settings, report: Report) -> None:
 
 def _plugins(settings: Settings, report: Report) -> list[Any]:
     from portal_boot import wheels
+    from portal_boot.migrations.environments import is_own_environment
     from portal_boot.plugins import discover_installed, select
 
     generation = wheels.current_generation(settings.target)
@@ -120,6 +131,7 @@ def _plugins(settings: Settings, report: Report) -> list[Any]:
                 "distribution": plugin.distribution,
                 "version": plugin.version,
                 "migrations": str(plugin.migrations_dir) if plugin.migrations_dir else None,
+                "own_environment": is_own_environment(plugin),
                 "enabled": plugin in enabled,
             }
         )
@@ -156,9 +168,23 @@ def _database(settings: Settings, report: Report, plugins: list[Any]) -> None:
         "current": sorted(state.current),
         "heads": sorted(state.heads),
         "pending": list(state.pending),
+        # One entry an Alembic environment: the application's first (the keys above),
+        # then each plugin that brings its own, with its version table.
+        "environments": [
+            {
+                "environment": "application",
+                "plugin": None,
+                "version_table": "alembic_version",
+                "current": sorted(state.current),
+                "heads": sorted(state.heads),
+                "pending": list(state.pending),
+            },
+            *state.environments,
+        ],
     }
-    if state.pending:
-        report._flag(6, f"{len(state.pending)} migration(s) to apply: run portal-boot migrate")
+    pending = len(state.pending) + sum(len(e["pending"]) for e in state.environments)
+    if pending:
+        report._flag(6, f"{pending} migration(s) to apply: run portal-boot migrate")
 
 
 def collect(settings: Settings) -> Report:

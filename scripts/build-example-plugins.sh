@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Build the two example plugin wheels and sign them with a throwaway demo key.
+# Build the three example plugin wheels and sign them with a throwaway demo key.
 #
 # Usage: scripts/build-example-plugins.sh [WHEEL_DIR [KEY_DIR]]
 #   default: examples/wheels examples/keys
-# Writes WHEEL_DIR/portal_{s3,snowflake}_plugin-1.0.0-py3-none-any.whl, a detached
+# Writes WHEEL_DIR/portal_{s3,snowflake,databricks}_plugin-1.0.0-py3-none-any.whl, a detached
 # WHEEL_DIR/<wheel>.asc for each, and KEY_DIR/demo-signing-key.asc (the public key only).
 #
 # The demo key is new on every run (ed25519, no passphrase) and its secret half lives
-# only in a temporary GNUPGHOME that is removed on exit: it signs these two wheels and
+# only in a temporary GNUPGHOME that is removed on exit: it signs these three wheels and
 # nothing else, ever. Re-run the script to rebuild; wheels and key are replaced together.
 #
 # Offline once flit_core is installed: the wheels are built with pip's --no-index and
@@ -20,7 +20,9 @@ python=${PYTHON:-python3}
 mkdir -p "${1:-$repo/examples/wheels}" "${2:-$repo/examples/keys}"
 wheel_dir=$(cd "${1:-$repo/examples/wheels}" && pwd)
 key_dir=$(cd "${2:-$repo/examples/keys}" && pwd)
-plugins=(s3_plugin snowflake_plugin)
+# s3 and snowflake chain their revisions onto the portal's; databricks brings its own
+# Alembic environment (migrations/env.py with its own version table).
+plugins=(s3_plugin snowflake_plugin databricks_plugin)
 
 command -v gpg >/dev/null || { echo "build-example-plugins: gpg is required (apt-get install gnupg)" >&2; exit 1; }
 if ! "$python" -c "import flit_core" 2>/dev/null; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Boot the example portal with its two example plugins, on SQLite, on 127.0.0.1:8000.
+# Boot the example portal with its three example plugins, on SQLite, on 127.0.0.1:8000.
 # Builds and signs the example plugin wheels with a throwaway demo key first.
 # Usage: bash scripts/demo.sh [extra portal-boot run options]   (then: curl localhost:8000/health/plugins)
 set -euo pipefail

@@ -4,6 +4,8 @@ install changed nothing."""
 
 from __future__ import annotations
 
+import argparse
+
 import hashlib
 import logging
 import os
@@ -453,6 +455,8 @@ def test_example_plugins_build_sign_install_and_migrate(tmp_path, target, clean_
     assert str(key) in built.stdout
     names = sorted(p.name for p in (out / "wheels").iterdir())
     assert names == [
+        "portal_databricks_plugin-1.0.0-py3-none-any.whl",
+        "portal_databricks_plugin-1.0.0-py3-none-any.whl.asc",
         "portal_s3_plugin-1.0.0-py3-none-any.whl",
         "portal_s3_plugin-1.0.0-py3-none-any.whl.asc",
         "portal_snowflake_plugin-1.0.0-py3-none-any.whl",
@@ -463,10 +467,16 @@ def test_example_plugins_build_sign_install_and_migrate(tmp_path, target, clean_
     assert result.returncode == 0, result.stderr
     plugins = {p.name: p for p in discover([target], GROUP)}
     assert {name: p.distribution for name, p in plugins.items()} == {
+        "DatabricksTechnicalAssetConfiguration": "portal-databricks-plugin",
         "S3TechnicalAssetConfiguration": "portal-s3-plugin",
         "SnowflakeTechnicalAssetConfiguration": "portal-snowflake-plugin",
     }
-    # The migrations chain onto the example core, upgrade to all heads, and downgrade.
+    # The chained plugins' migrations chain onto the example core, upgrade to all heads,
+    # and downgrade; the Databricks plugin's own Alembic environment (migrations/ with
+    # alembic.ini and env.py) works with plain Alembic too.
+    databricks = plugins.pop("DatabricksTechnicalAssetConfiguration")
+    assert databricks.migrations_dir is not None
+    assert (databricks.migrations_dir / "env.py").is_file()
     from alembic import command
     from alembic.config import Config
     from alembic.script import ScriptDirectory
@@ -489,9 +499,18 @@ def test_example_plugins_build_sign_install_and_migrate(tmp_path, target, clean_
     columns = {c["name"] for c in inspect(engine).get_columns("s3_plugin_buckets")}
     assert "versioning_enabled" in columns
     assert "snowflake_plugin_warehouses" in inspect(engine).get_table_names()
+    own = Config(str(databricks.migrations_dir / "alembic.ini"))
+    own.cmd_opts = argparse.Namespace(x=[f"url=sqlite:///{tmp_path / 'portal.db'}"])
+    command.upgrade(own, "heads")
+    assert "databricks_plugin_workspaces" in inspect(engine).get_table_names()
+    with engine.connect() as conn:
+        recorded = conn.exec_driver_sql("SELECT version_num FROM alembic_version_databricks_plugin")
+        assert recorded.scalars().all() == ["databricks_0001"]
     command.downgrade(config, "s3_plugin@base")
     command.downgrade(config, "snowflake_plugin@base")
+    command.downgrade(own, "base")
     tables = set(inspect(engine).get_table_names())
     assert not {"s3_plugin_buckets", "snowflake_plugin_warehouses"} & tables
+    assert "databricks_plugin_workspaces" not in tables
     assert "data_products" in tables
     engine.dispose()

@@ -111,7 +111,7 @@ def test_revision_state_reports_current_heads_and_pending(example: Path, pg_url:
     migrations.migrate(settings(example), [], url=pg_url)
     assert _other_sessions(pg_url) == []
     assert migrations.revision_state(settings(example), [], url=pg_url).as_dict() == {
-        "current": ["core_0002"], "heads": ["core_0002"], "pending": [],
+        "current": ["core_0002"], "heads": ["core_0002"], "pending": [], "environments": [],
     }  # fmt: skip
 
 

@@ -135,6 +135,7 @@ def test_status_and_wait_for_migrations_use_the_same_check(
             "current": ["s3_0002", "snowflake_0001"],
             "heads": ["core_0002", "s3_0002", "snowflake_0001"],  # as the full path reports them
             "pending": [],
+            "environments": [],  # no plugin with its own Alembic environment here
         }
     else:
         assert f"database at the heads (s3_0002, snowflake_0001), {FAST[1:-1]}" in probe.stderr

@@ -19,6 +19,7 @@ from test_migrations_support import (
     install_example_plugin,
     install_plugin,
     migrate_args,
+    query,
     revision,
     s3_plugin,
     settings,
@@ -89,15 +90,23 @@ def test_the_repository_example_plugins_up_and_down(
     url = pg_url if database == "postgresql" else f"sqlite:///{app.parent / 'portal.db'}"
     install_example_plugin(target, "s3_plugin")
     install_example_plugin(target, "snowflake_plugin")
+    install_example_plugin(target, "databricks_plugin")  # its own Alembic environment
     up = migrate(app, url, target, clean_env)
     assert up.returncode == 0, up.stderr
     assert current(url) == {"s3_0002", "snowflake_0001"}
     assert {"s3_plugin_buckets", "snowflake_plugin_warehouses"} <= tables(url)
+    assert "databricks_plugin_workspaces" in tables(url)
+    own = "SELECT version_num FROM alembic_version_databricks_plugin"
+    assert query(url, own) == ["databricks_0001"]
     # The plugin-removal procedure's first step, then the plugin is gone.
     down = migrate(app, url, target, clean_env, "--to", "s3_plugin@base")
     assert down.returncode == 0, down.stderr
     assert current(url) == {"core_0002", "snowflake_0001"}
     assert "s3_plugin_buckets" not in tables(url)
+    assert query(url, own) == ["databricks_0001"]
+    down = migrate(app, url, target, clean_env, "--to", "databricks_plugin@base")
+    assert down.returncode == 0, down.stderr
+    assert "databricks_plugin_workspaces" not in tables(url) and query(url, own) == []
     rest = migrate(app, url, target, clean_env, ENABLED_PLUGINS="SnowflakeTechnicalAssetConfiguration")
     assert rest.returncode == 0, rest.stderr
     assert "nothing to do, database at heads core_0002, snowflake_0001" in rest.stderr

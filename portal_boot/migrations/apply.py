@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from portal_boot.errors import DatabaseError, MigrationError, UsageError
-from portal_boot.migrations import at_heads, preflight, runner
+from portal_boot.migrations import at_heads, environment_runs, environments, preflight, runner
 from portal_boot.migrations.lock import application_name, migration_lock
 from portal_boot.migrations.project import (
     Project,
@@ -47,16 +47,19 @@ class RevisionState:
     current: tuple[str, ...]  # the rows of the version table
     heads: tuple[str, ...]
     pending: tuple[str, ...]  # in the order they would be applied
+    # One entry a plugin with its own Alembic environment (environment_runs.entry).
+    environments: tuple[dict[str, Any], ...] = ()
 
     @property
     def at_heads(self) -> bool:
-        return not self.pending
+        return not self.pending and not any(e["pending"] for e in self.environments)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "current": list(self.current),
             "heads": list(self.heads),
             "pending": list(self.pending),
+            "environments": [dict(e) for e in self.environments],
         }
 
 
@@ -89,17 +92,27 @@ def upgrade(
                 "migrate: nothing to do, database at heads %s (checked without Alembic)",
                 ", ".join(found.current),
             )
+            environment_runs.log_at_heads(found.environments)
             return
     url = _sync(url)
     project = load_project(sources, plugins)
+    envs = environments.load(plugins)
     log.info(
-        "%d revision files: the application's and those of %s (--migrations-mode %s)",
+        "%d revision files: the application's and those of %s (--migrations-mode %s)%s",
         len(project.files),
-        ", ".join(p.name for p in plugins) or "no plugin",
+        ", ".join(p.name for p in plugins if not environments.is_own_environment(p))
+        or "no plugin",
         sources.migrations_mode,
+        environment_runs.describe(envs),
     )
+    own = environment_runs.find_target(envs, to) if to is not None else None
     if sql:
+        if own is not None:
+            environment_runs.print_sql([own[0]], url, sources.target, *own[1:])
+            return
         runner.print_sql(project, url, *_sql_command(project, to))
+        if to is None:
+            environment_runs.print_sql(envs, url, sources.target)
         return
     engine = _engine(url)
     try:
@@ -107,7 +120,9 @@ def upgrade(
             conn = stack.enter_context(_connect(engine, migrating=True))
             current = current_revisions(conn)
             preflight.check_database(project.graph, current, others=project.others)
-            pending_before = project.graph.pending(current)
+            pending_before = project.graph.pending(current) + environment_runs.pending_names(
+                environment_runs.states(envs, url, conn, sources.target)
+            )
             if to is None and not pending_before and files_in_place(project):
                 log.info("database at the heads (%s): nothing to apply", ", ".join(current))
                 return
@@ -118,11 +133,16 @@ def upgrade(
                 migration_lock(lock_conn, engine.url, timeout=lock_timeout)
             )
             placed = place_files(project)
+            if own is not None:  # --to NAME@base / NAME@heads of an own environment
+                environment_runs.run_target(*own, url, conn, sources.target)
+                return
             # Again, now that we hold the lock: a replica that held it before us
             # may have applied everything.
             current = current_revisions(conn)
             preflight.check_database(project.graph, current, others=project.others)
             if to is None and not project.graph.pending(current):
+                if environment_runs.upgrade_all(envs, url, conn, sources.target):
+                    return
                 if pending_before:
                     log.info(
                         "nothing left to apply: another process brought the database to the heads"
@@ -141,6 +161,8 @@ def upgrade(
                 return
             runner.run(project, url, conn, command, target, placed=placed)
             _log_changes(project, current, current_revisions(conn))
+            if to is None:  # then the plugins with their own environment, each committed
+                environment_runs.upgrade_all(envs, url, conn, sources.target)
     finally:
         engine.dispose()
 
@@ -162,6 +184,7 @@ def wait_until_at_heads(
 
     url = _sync(url)
     project = load_project(sources, plugins)
+    envs = environments.load(plugins)
     engine = _engine(url, purpose="serve")
     deadline = time.monotonic() + timeout
     next_report = time.monotonic()
@@ -173,11 +196,12 @@ def wait_until_at_heads(
             try:
                 with engine.connect() as conn:
                     current = current_revisions(conn)
+                    own = environment_runs.states(envs, url, conn, sources.target)
             except DBAPIError as exc:  # not up yet, or restarting: keep waiting
                 problem = first_line(exc)
             else:
                 preflight.check_database(project.graph, current, others=project.others)
-                pending = project.graph.pending(current)
+                pending = project.graph.pending(current) + environment_runs.pending_names(own)
             if pending == ():
                 log.info("database at the heads (%s)", ", ".join(project.graph.heads))
                 return
@@ -216,17 +240,24 @@ def revision_state(
         sources, plugins, url, timeout=timeout, purpose="status", files_too=False
     )
     if found:
-        return RevisionState(found.current, found.heads, ())
+        return RevisionState(found.current, found.heads, (), found.environments)
     url = _sync(url)
     project = load_project(sources, plugins)
+    envs = environments.load(plugins)
     engine = _engine(url, purpose="status")
     try:
         with _database_errors(), _connect(engine) as conn:
             current = current_revisions(conn)
+            own = environment_runs.states(envs, url, conn, sources.target)
     finally:
         engine.dispose()
     preflight.check_database(project.graph, current, others=project.others)
-    return RevisionState(current, project.graph.heads, project.graph.pending(current))
+    return RevisionState(
+        current,
+        project.graph.heads,
+        project.graph.pending(current),
+        tuple(state.as_dict() for state in own),
+    )
 
 
 def _command(project: Project, to: str | None, current: Sequence[str]) -> tuple[str, str]:

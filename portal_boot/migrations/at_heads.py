@@ -33,7 +33,7 @@ import time
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from portal_boot import dburl
 from portal_boot.errors import MigrationError, UsageError
@@ -53,6 +53,8 @@ _LEGACY_SPLIT = re.compile(r", *|(?: +)")
 class AtHeads(NamedTuple):
     current: tuple[str, ...]  # the rows of the version table, sorted
     heads: tuple[str, ...]  # the heads of the revision graph, as the full path reports them
+    # Own-environment plugins (portal_boot.migrations.environments), one status entry each.
+    environments: tuple[dict[str, Any], ...] = ()
 
 
 class Undecided(Exception):
@@ -80,7 +82,11 @@ def at_heads(
     try:
         locations, recursive = read_locations(sources.alembic_config)
         graph = _graph(sources.migrations_mode, plugins, locations, recursive, files_too=files_too)
-        current = _current(url, purpose=purpose, timeout=timeout)
+        envs = _environments(plugins)
+        tables = [(None, VERSION_TABLE)] + [
+            (e.version_table.schema, e.version_table.name) for e in envs if e.version_table
+        ]
+        current, *own = _current(url, tables, purpose=purpose, timeout=timeout)
     except Undecided as exc:
         log.debug("fast check: %s; the full path decides", exc)
         return None
@@ -94,8 +100,44 @@ def at_heads(
             else f"{len(pending)} revision(s) pending",
         )  # fmt: skip
         return None
+    entries = _own_at_heads(envs, own)
+    if entries is None:
+        return None
     log.debug("fast check: nothing pending, in %.1f ms", (time.monotonic() - started) * 1000)
-    return AtHeads(current, graph.heads)
+    return AtHeads(current, graph.heads, entries)
+
+
+def _own_at_heads(envs: Sequence[Any], rows: Sequence[tuple[str, ...]]) -> tuple[Any, ...] | None:
+    """The own environments' status entries when each is at its heads; else None."""
+    from portal_boot.migrations.environment_runs import entry
+
+    entries = []
+    for env, current in zip(envs, rows, strict=True):
+        unknown = [r for r in current if r not in env.graph.files]
+        pending = () if unknown else env.graph.pending(current)
+        if unknown or pending:
+            log.debug(
+                "fast check: plugin %s's own environment is at %s; the full path decides",
+                env.name, ", ".join(current) or "no revision",
+            )  # fmt: skip
+            return None
+        entries.append(entry(env.name, env.version_table, current, env.graph.heads, ()))
+    return tuple(entries)
+
+
+def _environments(plugins: Sequence[Plugin]) -> tuple[Any, ...]:
+    """The own-environment plugins, read without imports; Undecided when the full
+    path must read them (a problem, a version table only their env.py names)."""
+    from portal_boot.migrations import environments
+
+    try:
+        envs = environments.load(plugins, read=_read)
+    except (MigrationError, OSError) as exc:
+        raise Undecided(f"an own-environment plugin: {exc}") from None
+    for env in envs:
+        if env.version_table is None:
+            raise Undecided(f"plugin {env.name}'s version table is named only by running its env.py")
+    return envs
 
 
 # --- the files -------------------------------------------------------------------
@@ -187,23 +229,29 @@ def _read(path: Path, plugin: Plugin | None) -> preflight.RevisionFile:
 # --- the database ----------------------------------------------------------------
 
 
-def _current(url: str, *, purpose: str, timeout: float) -> tuple[str, ...]:
-    """The rows of the version table, sorted; () when it does not exist."""
+Table = tuple[str | None, str]  # (schema, name) of a version table
+
+
+def _current(
+    url: str, tables: Sequence[Table], *, purpose: str, timeout: float
+) -> list[tuple[str, ...]]:
+    """The rows of each version table, sorted; () for one that does not exist."""
     try:
         parsed = dburl.sync_components(url)
     except UsageError as exc:
         raise Undecided(str(exc)) from None
     if parsed.drivername == "postgresql+psycopg":
-        return _postgresql(url, parsed, purpose=purpose, timeout=timeout)
+        return _postgresql(url, parsed, tables, purpose=purpose, timeout=timeout)
     if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
-        return _sqlite(parsed)
+        return _sqlite(parsed, tables)
     raise Undecided(f"{parsed.drivername} databases are read through SQLAlchemy")
 
 
 def _postgresql(
-    url: str, parsed: dburl.Components, *, purpose: str, timeout: float
-) -> tuple[str, ...]:
+    url: str, parsed: dburl.Components, tables: Sequence[Table], *, purpose: str, timeout: float
+) -> list[tuple[str, ...]]:
     import psycopg
+    from psycopg import sql
 
     from portal_boot.migrations.lock import application_name
 
@@ -213,18 +261,22 @@ def _postgresql(
     conninfo = dburl.libpq_conninfo(url, **extra)
     if conninfo is None:
         raise Undecided("the URL needs SQLAlchemy's dialect to connect")
+    found = []
     try:
         with psycopg.connect(conninfo, autocommit=True) as conn:
-            try:
-                rows = conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall()
-            except psycopg.errors.UndefinedTable:
-                return ()
+            for schema, name in tables:
+                where = sql.Identifier(*([schema] if schema else []), name)
+                try:
+                    rows = conn.execute(sql.SQL("SELECT version_num FROM {}").format(where)).fetchall()
+                except psycopg.errors.UndefinedTable:
+                    rows = []
+                found.append(tuple(sorted(str(row[0]) for row in rows)))
     except psycopg.Error as exc:
         raise Undecided(f"the database: {_first_line(exc)}") from None
-    return tuple(sorted(str(row[0]) for row in rows))
+    return found
 
 
-def _sqlite(parsed: dburl.Components) -> tuple[str, ...]:
+def _sqlite(parsed: dburl.Components, tables: Sequence[Table]) -> list[tuple[str, ...]]:
     import sqlite3
 
     if parsed.query:
@@ -234,20 +286,27 @@ def _sqlite(parsed: dburl.Components) -> tuple[str, ...]:
     path = os.path.abspath(parsed.database)  # as SQLAlchemy's pysqlite dialect does
     if not os.path.isfile(path):
         raise Undecided(f"no database file {path} yet")
+    if any(schema for schema, _ in tables):
+        raise Undecided("a version table in another SQLite schema")
+    found = []
     try:
         # Read-only: this look must not create the file or take a write lock.
         conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
         try:
-            rows = conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall()
+            for _, name in tables:
+                quoted = '"' + name.replace('"', '""') + '"'
+                try:
+                    rows = conn.execute(f"SELECT version_num FROM {quoted}").fetchall()
+                except sqlite3.OperationalError as exc:
+                    if not str(exc).startswith("no such table"):
+                        raise
+                    rows = []
+                found.append(tuple(sorted(str(row[0]) for row in rows)))
         finally:
             conn.close()
-    except sqlite3.OperationalError as exc:
-        if str(exc).startswith("no such table"):
-            return ()
-        raise Undecided(f"the database: {_first_line(exc)}") from None
     except sqlite3.Error as exc:
         raise Undecided(f"the database: {_first_line(exc)}") from None
-    return tuple(sorted(str(row[0]) for row in rows))
+    return found
 
 
 def _first_line(exc: BaseException) -> str:

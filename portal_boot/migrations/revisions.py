@@ -178,8 +178,12 @@ def plugin_files(plugin: Plugin) -> list[Path]:
     for a link that leads out of the plugin's package: its revisions are its own
     files, not whatever a link points at (a file anyone could write would run as a
     migration)."""
+    from portal_boot.migrations.environments import is_own_environment
+
     folder = plugin.migrations_dir
-    if folder is None:
+    if folder is None or is_own_environment(plugin):
+        # Its env.py and revisions are its own Alembic environment, run apart
+        # (portal_boot.migrations.environments), not chained onto the application's.
         return []
     home = (plugin.package_dir or folder.parent).resolve()
     found = list_files(folder)

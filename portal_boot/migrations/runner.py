@@ -51,20 +51,30 @@ def _alembic_config(project: Project, url: str, locations: Sequence[Path] | None
 def _run_locations(project: Project) -> list[Path] | None:
     if project.sources.migrations_mode != "locations":
         return None  # the files were placed in the versions folder
-    extra = [p.migrations_dir for p in project.plugins if p.migrations_dir is not None]
+    from portal_boot.migrations.environments import is_own_environment
+
+    extra = [
+        p.migrations_dir
+        for p in project.plugins
+        if p.migrations_dir is not None and not is_own_environment(p)
+    ]
     return [*project.app_locations, *(d for d in extra if d not in project.app_locations)]
 
 
+def _process_state(project: Project) -> contextlib.AbstractContextManager[None]:
+    return process_state(project.sources.target)
+
+
 @contextlib.contextmanager
-def _process_state(project: Project) -> Iterator[None]:
+def process_state(plugin_target: Path) -> Iterator[None]:
     """What Alembic's loading of env.py and the revision files needs, undone after."""
     saved_path, saved_bytecode = list(sys.path), sys.dont_write_bytecode
     # Loading env.py and the revisions would write __pycache__ folders into the
     # application and the plugins (read-only in an image, byte-for-byte checked
     # in tests).
     sys.dont_write_bytecode = True
-    target = str(project.sources.target.absolute())
-    if project.sources.target.is_dir() and target not in sys.path:
+    target = str(plugin_target.absolute())
+    if plugin_target.is_dir() and target not in sys.path:
         # Plugin revisions may import their package; appended, so the image's own
         # packages win, as in the served application.
         sys.path.append(target)
