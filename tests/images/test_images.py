@@ -176,11 +176,15 @@ def work(engine) -> Iterator[Path]:
     base = Path(tempfile.mkdtemp(prefix="pb-images-", dir="/tmp"))
     os.chmod(base, 0o755)
     repo = base / "repo"
-    shutil.copytree(
-        REPO, repo, symlinks=True,
-        ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache",
-                                      ".hypothesis", ".portal-boot", "wheels", "keys"),
-    )  # fmt: skip
+    junk = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache",
+                                  ".hypothesis", ".portal-boot", ".cache")  # fmt: skip
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        # The example wheels and keys are built afresh below; portal_boot/wheels/ is code.
+        built = {"wheels", "keys"} if Path(folder) == REPO / "examples" else set()
+        return set(junk(folder, names)) | (built & set(names))
+
+    shutil.copytree(REPO, repo, symlinks=True, ignore=ignore)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     subprocess.run(
         ["bash", "scripts/build-example-plugins.sh"], cwd=repo, check=True, capture_output=True,
