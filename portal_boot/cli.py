@@ -32,7 +32,7 @@ def _common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--database-url", help="Database URL, async or sync driver. [PORTAL_BOOT_DATABASE_URL, DATABASE_URL, DATABASE_URL_ASYNC, *_FILE]"),
         click.option("--wheel-dir", help="Folder of signed plugin wheels (air-gapped). [PORTAL_BOOT_WHEEL_DIR]"),
-        click.option("--requirement", "requirements", multiple=True, help="Pinned requirement to fetch from an index; repeatable. [PORTAL_BOOT_REQUIREMENTS]"),
+        click.option("--requirement", "requirements", multiple=True, help="Pinned requirement to fetch from an index; repeatable. [PORTAL_BOOT_REQUIREMENTS, comma-separated or a JSON list]"),
         click.option("--target", help="Where plugins are installed. [PORTAL_BOOT_TARGET]"),
         click.option("--trusted-keys", help="File or folder of ASCII-armored public keys. [PORTAL_BOOT_TRUSTED_KEYS]"),
         click.option("--trusted-fingerprint", "trusted_fingerprints", multiple=True, help="Allowed full key fingerprint; repeatable. [PORTAL_BOOT_TRUSTED_FINGERPRINTS]"),
@@ -40,7 +40,7 @@ def _common_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--alembic-config", help="The application's alembic.ini. [PORTAL_BOOT_ALEMBIC_CONFIG]"),
         click.option("--migrations-mode", help="locations (default), link or copy. [PORTAL_BOOT_MIGRATIONS_MODE]"),
         click.option("--entry-point-group", help="Plugin entry-point group. [PORTAL_BOOT_ENTRY_POINT_GROUP]"),
-        click.option("--enabled-plugins", help="Comma-separated plugin names; empty means all. [ENABLED_PLUGINS]"),
+        click.option("--enabled-plugins", help="Plugin names, comma-separated or a JSON list; empty means all. [ENABLED_PLUGINS]"),
         click.option("--auto-migrate/--no-auto-migrate", default=None, help="Whether run migrates. [AUTO_RUN_PLUGIN_MIGRATIONS]"),
         click.option("--db-timeout", help="Seconds to wait for the database (60). [PORTAL_BOOT_DB_TIMEOUT]"),
         click.option("--lock-timeout", help="Seconds to wait for the migration lock (300). [PORTAL_BOOT_LOCK_TIMEOUT]"),
