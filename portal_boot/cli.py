@@ -47,7 +47,7 @@ def _common_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--app", help="ASGI app (app.main:app). [PORTAL_BOOT_APP]"),
         click.option("--host", help="Listen address (0.0.0.0). [PORTAL_BOOT_HOST]"),
         click.option("--port", help="Listen port (8000). [PORTAL_BOOT_PORT]"),
-        click.option("--log-format", help="text (default) or json. [PORTAL_BOOT_LOG_FORMAT]"),
+        click.option("--log-format", help="text (default) or json (one object a line, uvicorn's lines too). [PORTAL_BOOT_LOG_FORMAT]"),
         click.option("--log-level", help="debug, info (default), warning, error. [PORTAL_BOOT_LOG_LEVEL]"),
     ]
     for option in reversed(options):
@@ -167,7 +167,10 @@ def migrate(settings: Settings, sql: bool, to: str | None) -> None:
 @click.option("--wait-for-migrations", is_flag=True, help="First wait until the database is at the heads.")
 @_uvicorn_args
 def serve(settings: Settings, wait_for_migrations: bool, uvicorn_args: tuple[str, ...] = ()) -> None:
-    """Exec uvicorn with the installed plugins importable (args after -- go to uvicorn)."""
+    """Exec uvicorn with the installed plugins importable (args after -- go to uvicorn).
+
+    After the exec: status 2 if the app cannot be imported or the address cannot be
+    bound, 8 if the application's own startup (lifespan) fails."""
     from portal_boot import boot
 
     boot.serve(settings, uvicorn_args=uvicorn_args, wait_for_migrations=wait_for_migrations)
