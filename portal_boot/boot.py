@@ -108,6 +108,18 @@ def migrate(
     migrations.migrate(settings, plugins, url=url, sql=sql, to=to)
 
 
+def alembic(settings: Settings, argv: Sequence[str]) -> None:
+    """Alembic's own command line over the application's and the enabled plugins'
+    revisions, with the sync URL (never printed) and, for the commands that change the
+    database, the migration lock."""
+    from portal_boot import migrations
+    from portal_boot.migrations.alembic_cli import parse
+
+    if parse(argv) is None:  # Alembic printed its help: needs no database
+        return
+    migrations.alembic(settings, enabled_plugins(settings), url=sync_url(settings), argv=argv)
+
+
 def serve(
     settings: Settings, *, uvicorn_args: Sequence[str] = (), wait_for_migrations: bool = False
 ) -> NoReturn:

@@ -176,6 +176,25 @@ def serve(settings: Settings, wait_for_migrations: bool, uvicorn_args: tuple[str
     boot.serve(settings, uvicorn_args=uvicorn_args, wait_for_migrations=wait_for_migrations)
 
 
+@cli.command(
+    "alembic",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@_common_options
+@click.argument("alembic_args", nargs=-1, type=click.UNPROCESSED)
+def alembic_command(settings: Settings, alembic_args: tuple[str, ...] = ()) -> None:
+    """Alembic's own command line (current, history, heads, show REV, upgrade, downgrade,
+    stamp...) with the application's alembic.ini, the enabled plugins' revisions and
+    the sync URL (never printed); upgrade, downgrade and stamp hold the migration lock.
+
+    portal-boot's options come before the Alembic command, everything after it is
+    Alembic's (portal-boot alembic --database-url URL history -v). Alembic's own help:
+    portal-boot alembic -- --help."""
+    from portal_boot import boot
+
+    boot.alembic(settings, alembic_args)
+
+
 @cli.command()
 @_common_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
