@@ -174,6 +174,16 @@ def print_sql(project: Project, url: str, command_name: str, target: str) -> Non
         except Exception as exc:
             reraise_termination(exc)
             log.debug("printing the SQL failed", exc_info=True)
+            failed = failed_revision(exc, project.files)
+            if failed is not None:
+                # Offline, op.get_bind() is a mock: a revision that reads data or
+                # manages its own session needs a live database.
+                raise MigrationError(
+                    f"revision {failed.revision} ({failed.owner}) cannot be rendered as SQL "
+                    f"offline: its code needs a live database ({first_line(exc)}): apply it "
+                    "with portal-boot migrate; --sql --to REV prints the SQL up to the revision "
+                    "before it, --sql --to FROM:TO the SQL of a range after it"
+                ) from None
             raise MigrationError(
                 f"printing the SQL for {target} failed: {first_line(exc)}: check the "
                 "revision named, or give --to FROM:TO"
