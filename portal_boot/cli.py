@@ -197,8 +197,9 @@ def alembic_command(settings: Settings, alembic_args: tuple[str, ...] = ()) -> N
 
 @cli.command()
 @_common_options
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(settings: Settings, as_json: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (every pending revision).")
+@click.option("--verbose", is_flag=True, help="List every pending revision (else: count, first, last).")
+def status(settings: Settings, as_json: bool, verbose: bool) -> None:
     """Show wheels, plugins, database and revisions; exit 0 only if nothing is pending
     (else 3 bad signature, 4 install pending, 5 database unreachable, 6 migrations pending)."""
     from portal_boot import boot
@@ -208,7 +209,7 @@ def status(settings: Settings, as_json: bool) -> None:
     if as_json:
         click.echo(logs.scrub(json.dumps(report.as_dict(), indent=2)))
     else:
-        click.echo(logs.scrub(report.as_text()))
+        click.echo(logs.scrub(report.as_text(verbose=verbose)))
     if report.pending:
         raise _Pending(report.exit_code)
 

@@ -23,7 +23,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -229,6 +229,15 @@ def uvicorn_log_config(level: str = "info") -> dict[str, Any]:
         },
         "root": {"handlers": ["json"], "level": numeric},
     }
+
+
+def summarise(ids: Sequence[str], *, full: bool = False, limit: int = 5) -> str:
+    """Revision ids for one line: all of them up to ``limit`` (or with ``full``), else
+    the count, the first and the last (a real application has ~100 pending on a fresh
+    database)."""
+    if full or len(ids) <= limit:
+        return ", ".join(ids)
+    return f"{len(ids)} revisions, {ids[0]} ... {ids[-1]}"
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from portal_boot.errors import BootError
+from portal_boot.logs import summarise
 from portal_boot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class Report:
         data["pending"] = self.pending
         return data
 
-    def as_text(self) -> str:
+    def as_text(self, verbose: bool = False) -> str:
         out = ["wheels:"]
         out += [f"  {w['file']}: {w['state']}" + (f" ({w['signer']})" if w.get("signer") else "") for w in self.wheels] or ["  none configured"]
         out.append(f"installed plugins (generation {self.generation or 'none'}):")
@@ -62,7 +63,10 @@ class Report:
             out.append(f"revisions: current {', '.join(rev.get('current') or ['none'])}")
             out.append(f"           heads   {', '.join(rev.get('heads') or ['none'])}")
             if rev.get("pending"):
-                out.append(f"           pending {', '.join(rev['pending'])}")
+                pending = summarise(rev["pending"], full=verbose)
+                listed = verbose or pending == ", ".join(rev["pending"])
+                more = "" if listed else " (--verbose or --json lists all)"
+                out.append(f"           pending {pending}{more}")
         if self.problems:
             out.append("pending:")
             out += [f"  - {p}" for p in self.problems]

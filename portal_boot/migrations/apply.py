@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from portal_boot.errors import DatabaseError, MigrationError, UsageError
+from portal_boot.logs import summarise
 from portal_boot.migrations import at_heads, preflight, runner
 from portal_boot.migrations.lock import application_name, migration_lock
 from portal_boot.migrations.project import (
@@ -189,16 +190,19 @@ def wait_until_at_heads(
                         "check --database-url / DATABASE_URL, or raise --db-timeout / "
                         "PORTAL_BOOT_DB_TIMEOUT"
                     )
+                log.debug("pending: %s", ", ".join(pending))
                 raise MigrationError(
-                    f"the database is not at the heads after {timeout:g} s: "
-                    f"{len(pending)} revision(s) pending ({', '.join(pending)}): run `portal-boot "
-                    "migrate` (an init container or a job), or raise --db-timeout / "
-                    "PORTAL_BOOT_DB_TIMEOUT"
+                    f"the database is not at the heads after {timeout:g} s: pending "
+                    f"{summarise(pending)} (--log-level debug lists all): run "
+                    "`portal-boot migrate` (an init container or a job), or raise "
+                    "--db-timeout / PORTAL_BOOT_DB_TIMEOUT"
                 )
             if now >= next_report:
                 log.info(
                     "waiting for the migrations: %s",
-                    f"{len(pending)} revision(s) pending" if pending else problem,
+                    f"pending {summarise(pending)}"
+                    if pending
+                    else problem,
                 )
                 next_report = now + 10.0
             time.sleep(min(pause * random.uniform(0.5, 1.0), max(deadline - now, 0.0)))
