@@ -69,10 +69,16 @@ def sync_url(settings: Settings) -> str:
 
 
 def db_url(settings: Settings) -> str:
-    """The sync URL, password masked."""
-    from portal_boot.dburl import mask, parse
+    """The sync URL, password masked, then its parsed parts (driver, user, host,
+    port, database, query keys) one a line."""
+    from portal_boot.dburl import describe, mask, parse
 
-    return mask(parse(sync_url(settings)))
+    url = sync_url(settings)
+    parts = describe(url)
+    width = max(len(name) for name, _ in parts)
+    return "\n".join(
+        [mask(parse(url)), *(f"  {name + ':':<{width + 1}} {value}" for name, value in parts)]
+    )
 
 
 def wait_db(settings: Settings) -> None:

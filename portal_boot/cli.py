@@ -77,6 +77,11 @@ def _settings(flags: dict[str, Any]) -> Settings:
     for url in (settings.database_url, *_index_urls(settings)):
         for secret in secrets_of(url or ""):
             logs.add_secret(secret)
+    from portal_boot.dburl import password_warning
+
+    warning = password_warning(settings.database_url or "")
+    if warning:
+        log.warning(warning)
     for name, source in settings.sources.items():
         if source != "default":
             log.debug("setting %s from %s", name, source)
@@ -217,7 +222,8 @@ def status(settings: Settings, as_json: bool, verbose: bool) -> None:
 @cli.command("db-url")
 @_common_options
 def db_url(settings: Settings) -> None:
-    """Print the sync URL Alembic will use, password masked as ***."""
+    """Print the sync URL Alembic will use, password masked as ***, then how it parses:
+    driver, user, host, port, database, query keys."""
     from portal_boot import boot
 
     click.echo(logs.scrub(boot.db_url(settings)))

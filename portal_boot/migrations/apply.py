@@ -104,7 +104,7 @@ def upgrade(
         return
     engine = _engine(url)
     try:
-        with _database_errors(), contextlib.ExitStack() as stack:
+        with _database_errors(_where(url)), contextlib.ExitStack() as stack:
             conn = stack.enter_context(_connect(engine, migrating=True))
             current = current_revisions(conn)
             preflight.check_database(project.graph, current, others=project.others)
@@ -186,7 +186,8 @@ def wait_until_at_heads(
             if now >= deadline:
                 if pending is None:
                     raise DatabaseError(
-                        f"the database did not answer within {timeout:g} s ({problem}): "
+                        f"the database at {_where(url)} did not answer within {timeout:g} s "
+                        f"({problem}): "
                         "check --database-url / DATABASE_URL, or raise --db-timeout / "
                         "PORTAL_BOOT_DB_TIMEOUT"
                     )
@@ -225,7 +226,7 @@ def revision_state(
     project = load_project(sources, plugins)
     engine = _engine(url, purpose="status")
     try:
-        with _database_errors(), _connect(engine) as conn:
+        with _database_errors(_where(url)), _connect(engine) as conn:
             current = current_revisions(conn)
     finally:
         engine.dispose()
@@ -352,10 +353,11 @@ def _engine(url: str, purpose: str = "migrate") -> Engine:
 def _connect(
     engine: Engine, *, autocommit: bool = False, migrating: bool = False
 ) -> Iterator[Connection]:
-    with _database_errors():
+    where = _where(engine.url.render_as_string(hide_password=False))
+    with _database_errors(where):
         conn = engine.connect()
     try:
-        with _database_errors():
+        with _database_errors(where):
             if autocommit:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             elif (
@@ -373,14 +375,22 @@ def _connect(
         conn.close()
 
 
+def _where(url: str) -> str:
+    """host:port/database (or the SQLite file) of ``url``, for messages."""
+    from portal_boot.dburl import sync_components
+
+    return sync_components(url).where()
+
+
 @contextlib.contextmanager
-def _database_errors() -> Iterator[None]:
+def _database_errors(where: str = "") -> Iterator[None]:
     from sqlalchemy.exc import DBAPIError
 
     try:
         yield
     except DBAPIError as exc:
+        at = f" at {where}" if where else ""
         raise DatabaseError(
-            f"the database failed: {first_line(exc)}: check that it is up and that "
+            f"the database{at} failed: {first_line(exc)}: check that it is up and that "
             "--database-url / DATABASE_URL is right"
         ) from None
