@@ -23,6 +23,9 @@ log = logging.getLogger("portal_boot")
 
 
 def _nothing_to_install(settings: Settings) -> bool:
+    if settings.no_plugins:
+        log.info("no plugins (--no-plugins / PORTAL_BOOT_NO_PLUGINS): nothing to verify")
+        return True
     if settings.wheel_dir is None and not settings.requirements:
         log.info(
             "no plugins configured (neither --wheel-dir / PORTAL_BOOT_WHEEL_DIR nor "
@@ -51,8 +54,14 @@ def verify(settings: Settings) -> None:
 
 
 def install(settings: Settings) -> None:
-    """Verify, then install into a fresh generation of the target.
-    Raises SignatureError or InstallError; the previous generation stays in use."""
+    """Verify, then install into a fresh generation of the target (with
+    ``--no-plugins``, an empty one). Raises SignatureError or InstallError; the
+    previous generation stays in use."""
+    if settings.no_plugins:
+        from portal_boot import wheels
+
+        wheels.install_nothing(settings)
+        return
     if _nothing_to_install(settings):
         return
     _warn_if_unsigned(settings)

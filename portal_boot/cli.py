@@ -49,6 +49,7 @@ def _common_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--port", help="Listen port (8000). [PORTAL_BOOT_PORT]"),
         click.option("--log-format", help="text (default) or json (one object a line, uvicorn's lines too). [PORTAL_BOOT_LOG_FORMAT]"),
         click.option("--log-level", help="debug, info (default), warning, error. [PORTAL_BOOT_LOG_LEVEL]"),
+        click.option("--no-plugins", is_flag=True, default=None, help="Install an empty generation: the explicit way to remove the last plugin (not with --wheel-dir or --requirement). [PORTAL_BOOT_NO_PLUGINS]"),
     ]
     for option in reversed(options):
         func = option(func)
@@ -61,6 +62,7 @@ def _common_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "entry_point_group", "enabled_plugins", "auto_migrate", "db_timeout",
             "lock_timeout", "app", "host", "port", "log_format", "log_level",
         }  # fmt: skip
+        flag_names.add("no_plugins")
         flags = {name: kwargs.pop(name) for name in flag_names}
         settings = _settings(flags)
         return func(settings, **kwargs)

@@ -45,6 +45,7 @@ class Settings:
     log_level: str = "info"
     enabled_plugins: tuple[str, ...] = ()
     auto_migrate: bool = True
+    no_plugins: bool = False  # install an empty generation (the explicit "no plugins")
     # A frozen copy of the environment the process started with; the only
     # environment children (pip, gpg, uvicorn) are ever given, after filtering.
     environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
@@ -247,6 +248,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
 )
 
+OPTIONS += (Option("no_plugins", "--no-plugins", ("PORTAL_BOOT_NO_PLUGINS",), _bool),)
+
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
 
@@ -320,6 +323,12 @@ def _check_consistency(settings: Settings) -> None:
             "both a wheel folder (--wheel-dir / PORTAL_BOOT_WHEEL_DIR) and requirements "
             "(--requirement / PORTAL_BOOT_REQUIREMENTS) are set: an air-gapped folder and "
             "an index are exclusive, unset one of them"
+        )
+    if settings.no_plugins and (settings.wheel_dir is not None or settings.requirements):
+        raise UsageError(
+            "--no-plugins / PORTAL_BOOT_NO_PLUGINS installs an empty generation, but a wheel "
+            "folder (--wheel-dir / PORTAL_BOOT_WHEEL_DIR) or requirements "
+            "(--requirement / PORTAL_BOOT_REQUIREMENTS) are set too: unset one of them"
         )
     if settings.trusted_fingerprints and settings.signatures == "off":
         raise UsageError(

@@ -83,6 +83,11 @@ def _wheels(settings: Settings, report: Report) -> None:
             report.install_pending = True
             report._flag(4, "the pinned requirements differ from the installed generation: run portal-boot install")
         return
+    if settings.no_plugins:
+        if wheels.is_pending(settings):
+            report.install_pending = True
+            report._flag(4, "--no-plugins: the installed generation is not empty: run portal-boot install")
+        return
     if settings.wheel_dir is None:
         return
 
