@@ -31,7 +31,12 @@ def known_variables() -> set[str]:
 
 
 def is_known_variable(name: str) -> bool:
-    return name in known_variables() or name.startswith("PIP_") or name in paths.GENERIC_VARIABLES
+    return (
+        name in known_variables()
+        or name.startswith("PIP_")
+        or name in paths.GENERIC_VARIABLES
+        or name in paths.IMAGE_VARIABLES
+    )
 
 
 def parse_cli(args: Sequence[str]) -> dict[str, Any]:

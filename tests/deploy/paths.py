@@ -17,6 +17,8 @@ K8S_EXTERNAL_OBJECTS = {("ConfigMap", "portal-boot-trusted-keys")}
 
 # Variables a portal-boot container may be given that are not portal-boot's own.
 GENERIC_VARIABLES = {"PATH", "HOME", "TMPDIR", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
+# Read by the image itself, not by portal-boot: the HEALTHCHECK's path (Dockerfile.base).
+IMAGE_VARIABLES = {"PORTAL_BOOT_HEALTH_PATH"}
 INIT_PROCESSES = {"tini", "dumb-init", "/usr/bin/tini", "/usr/bin/dumb-init"}
 STATE_DIR = "/var/lib/portal-boot"
 
