@@ -156,7 +156,7 @@ def wait_db(settings: Settings) -> None:
 
 @cli.command()
 @_common_options
-@click.option("--sql", is_flag=True, help="Print the SQL; apply nothing.")
+@click.option("--sql", is_flag=True, help="Print the SQL; apply nothing (a revision that needs a live database: status 6, named).")
 @click.option("--to", "to", metavar="REV", help="Upgrade or downgrade to REV (e.g. s3_plugin@base).")
 def migrate(settings: Settings, sql: bool, to: str | None) -> None:
     """Wait for the database, then apply core and plugin migrations under a lock."""
