@@ -209,7 +209,7 @@ def uvicorn_log_config(level: str = "info") -> dict[str, Any]:
     """uvicorn's ``log_config`` for ``--log-format json``: its startup, error and access
     lines (and the root logger's, until the application configures its own) as
     portal-boot's JSON, one stream (stderr), through the same scrub filter."""
-    numeric = level.upper() if level != "critical" else "CRITICAL"
+    numeric = level.upper()
     handler = {
         "class": "logging.StreamHandler",
         "stream": "ext://sys.stderr",
@@ -231,13 +231,14 @@ def uvicorn_log_config(level: str = "info") -> dict[str, Any]:
     }
 
 
-def summarise(ids: Sequence[str], *, full: bool = False, limit: int = 5) -> str:
+def summarise(ids: Sequence[str], *, full: bool = False, limit: int = 5, count: bool = True) -> str:
     """Revision ids for one line: all of them up to ``limit`` (or with ``full``), else
-    the count, the first and the last (a real application has ~100 pending on a fresh
-    database)."""
+    the count (unless ``count`` is false), the first and the last (a real application
+    has ~100 pending on a fresh database)."""
     if full or len(ids) <= limit:
         return ", ".join(ids)
-    return f"{len(ids)} revisions, {ids[0]} ... {ids[-1]}"
+    ends = f"{ids[0]} ... {ids[-1]}"
+    return f"{len(ids)} revisions, {ends}" if count else ends
 
 
 @contextlib.contextmanager

@@ -62,8 +62,9 @@ def test_serve_waiting_for_migrations_summarises(
     env = _env(clean_env, long_app, pg_url, tmp_path)
     result = portal_boot("serve", "--wait-for-migrations", "--db-timeout", "1", env=env)
     last = assert_one_line_failure(
-        result, 6, f"pending {COUNT + 2} revisions, core_0001 ... core_{COUNT + 2:04d}",
-        "--log-level debug lists all",
+        result, 6,
+        f"{COUNT + 2} revision(s) pending (core_0001 ... core_{COUNT + 2:04d}; --log-level "
+        "debug lists all)",
     )  # fmt: skip
     assert "core_0010" not in last
     debug = portal_boot(

@@ -192,16 +192,19 @@ def wait_until_at_heads(
                         "PORTAL_BOOT_DB_TIMEOUT"
                     )
                 log.debug("pending: %s", ", ".join(pending))
+                listed = summarise(pending, count=False)
+                if listed != ", ".join(pending):
+                    listed += "; --log-level debug lists all"
                 raise MigrationError(
-                    f"the database is not at the heads after {timeout:g} s: pending "
-                    f"{summarise(pending)} (--log-level debug lists all): run "
-                    "`portal-boot migrate` (an init container or a job), or raise "
-                    "--db-timeout / PORTAL_BOOT_DB_TIMEOUT"
+                    f"the database is not at the heads after {timeout:g} s: "
+                    f"{len(pending)} revision(s) pending ({listed}): run `portal-boot "
+                    "migrate` (an init container or a job), or raise --db-timeout / "
+                    "PORTAL_BOOT_DB_TIMEOUT"
                 )
             if now >= next_report:
                 log.info(
                     "waiting for the migrations: %s",
-                    f"pending {summarise(pending)}"
+                    f"{len(pending)} revision(s) pending ({summarise(pending, count=False)})"
                     if pending
                     else problem,
                 )
