@@ -231,7 +231,9 @@ def uvicorn_log_config(level: str = "info") -> dict[str, Any]:
     }
 
 
-def summarise(ids: Sequence[str], *, full: bool = False, limit: int = 5, count: bool = True) -> str:
+def summarise(
+    ids: Sequence[str], *, full: bool = False, limit: int = 5, count: bool = True
+) -> str:
     """Revision ids for one line: all of them up to ``limit`` (or with ``full``), else
     the count (unless ``count`` is false), the first and the last (a real application
     has ~100 pending on a fresh database)."""

@@ -86,7 +86,9 @@ def _wheels(settings: Settings, report: Report) -> None:
     if settings.no_plugins:
         if wheels.is_pending(settings):
             report.install_pending = True
-            report._flag(4, "--no-plugins: the installed generation is not empty: run portal-boot install")
+            report._flag(
+                4, "--no-plugins: the installed generation is not empty: run portal-boot install"
+            )
         return
     if settings.wheel_dir is None:
         return

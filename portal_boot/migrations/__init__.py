@@ -74,7 +74,9 @@ def revision_state(settings: Settings, plugins: Sequence[Plugin], *, url: str) -
     return apply.revision_state(sources_from(settings), plugins, url=url, timeout=settings.db_timeout)
 
 
-def alembic(settings: Settings, plugins: Sequence[Plugin], *, url: str, argv: Sequence[str]) -> None:
+def alembic(
+    settings: Settings, plugins: Sequence[Plugin], *, url: str, argv: Sequence[str]
+) -> None:
     """``portal-boot alembic ARGS``: Alembic's own command line over the application's
     alembic.ini, the enabled plugins' revisions and the sync ``url``; commands that
     change the database hold the migration lock. Raises UsageError, MigrationError,

@@ -118,7 +118,9 @@ def run(
         _call(fn, config, arguments, keywords, project)
 
 
-def _call(fn: Any, config: Any, arguments: list[Any], keywords: dict[str, Any], project: Project) -> None:
+def _call(
+    fn: Any, config: Any, arguments: list[Any], keywords: dict[str, Any], project: Project
+) -> None:
     from alembic.util import CommandError
 
     from portal_boot.migrations.apply import _database_errors
