@@ -23,6 +23,9 @@ log = logging.getLogger("portal_boot")
 
 
 def _nothing_to_install(settings: Settings) -> bool:
+    if settings.no_plugins:
+        log.info("no plugins (--no-plugins / PORTAL_BOOT_NO_PLUGINS): nothing to verify")
+        return True
     if settings.wheel_dir is None and not settings.requirements:
         log.info(
             "no plugins configured (neither --wheel-dir / PORTAL_BOOT_WHEEL_DIR nor "
@@ -51,8 +54,14 @@ def verify(settings: Settings) -> None:
 
 
 def install(settings: Settings) -> None:
-    """Verify, then install into a fresh generation of the target.
-    Raises SignatureError or InstallError; the previous generation stays in use."""
+    """Verify, then install into a fresh generation of the target (with
+    ``--no-plugins``, an empty one). Raises SignatureError or InstallError; the
+    previous generation stays in use."""
+    if settings.no_plugins:
+        from portal_boot import wheels
+
+        wheels.install_nothing(settings)
+        return
     if _nothing_to_install(settings):
         return
     _warn_if_unsigned(settings)
@@ -69,10 +78,16 @@ def sync_url(settings: Settings) -> str:
 
 
 def db_url(settings: Settings) -> str:
-    """The sync URL, password masked."""
-    from portal_boot.dburl import mask, parse
+    """The sync URL, password masked, then its parsed parts (driver, user, host,
+    port, database, query keys) one a line."""
+    from portal_boot.dburl import describe, mask, parse
 
-    return mask(parse(sync_url(settings)))
+    url = sync_url(settings)
+    parts = describe(url)
+    width = max(len(name) for name, _ in parts)
+    return "\n".join(
+        [mask(parse(url)), *(f"  {name + ':':<{width + 1}} {value}" for name, value in parts)]
+    )
 
 
 def wait_db(settings: Settings) -> None:
@@ -106,6 +121,18 @@ def migrate(
     if wait and not sql:
         wait_db(settings)
     migrations.migrate(settings, plugins, url=url, sql=sql, to=to)
+
+
+def alembic(settings: Settings, argv: Sequence[str]) -> None:
+    """Alembic's own command line over the application's and the enabled plugins'
+    revisions, with the sync URL (never printed) and, for the commands that change the
+    database, the migration lock."""
+    from portal_boot import migrations
+    from portal_boot.migrations.alembic_cli import parse
+
+    if parse(argv) is None:  # Alembic printed its help: needs no database
+        return
+    migrations.alembic(settings, enabled_plugins(settings), url=sync_url(settings), argv=argv)
 
 
 def serve(

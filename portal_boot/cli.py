@@ -33,7 +33,7 @@ def _common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--database-url", help="Database URL, async or sync driver. [PORTAL_BOOT_DATABASE_URL, DATABASE_URL, DATABASE_URL_ASYNC, *_FILE]"),
         click.option("--wheel-dir", help="Folder of signed plugin wheels (air-gapped). [PORTAL_BOOT_WHEEL_DIR]"),
-        click.option("--requirement", "requirements", multiple=True, help="Pinned requirement to fetch from an index; repeatable. [PORTAL_BOOT_REQUIREMENTS]"),
+        click.option("--requirement", "requirements", multiple=True, help="Pinned requirement to fetch from an index; repeatable. [PORTAL_BOOT_REQUIREMENTS, comma-separated or a JSON list]"),
         click.option("--target", help="Where plugins are installed. [PORTAL_BOOT_TARGET]"),
         click.option("--trusted-keys", help="File or folder of ASCII-armored public keys. [PORTAL_BOOT_TRUSTED_KEYS]"),
         click.option("--trusted-fingerprint", "trusted_fingerprints", multiple=True, help="Allowed full key fingerprint; repeatable. [PORTAL_BOOT_TRUSTED_FINGERPRINTS]"),
@@ -41,15 +41,16 @@ def _common_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--alembic-config", help="The application's alembic.ini. [PORTAL_BOOT_ALEMBIC_CONFIG]"),
         click.option("--migrations-mode", help="locations (default), link or copy. [PORTAL_BOOT_MIGRATIONS_MODE]"),
         click.option("--entry-point-group", help="Plugin entry-point group. [PORTAL_BOOT_ENTRY_POINT_GROUP]"),
-        click.option("--enabled-plugins", help="Comma-separated plugin names; empty means all. [ENABLED_PLUGINS]"),
+        click.option("--enabled-plugins", help="Plugin names, comma-separated or a JSON list; empty means all. [ENABLED_PLUGINS]"),
         click.option("--auto-migrate/--no-auto-migrate", default=None, help="Whether run migrates. [AUTO_RUN_PLUGIN_MIGRATIONS]"),
         click.option("--db-timeout", help="Seconds to wait for the database (60). [PORTAL_BOOT_DB_TIMEOUT]"),
         click.option("--lock-timeout", help="Seconds to wait for the migration lock (300). [PORTAL_BOOT_LOCK_TIMEOUT]"),
         click.option("--app", help="ASGI app (app.main:app). [PORTAL_BOOT_APP]"),
         click.option("--host", help="Listen address (0.0.0.0). [PORTAL_BOOT_HOST]"),
         click.option("--port", help="Listen port (8000). [PORTAL_BOOT_PORT]"),
-        click.option("--log-format", help="text (default) or json. [PORTAL_BOOT_LOG_FORMAT]"),
+        click.option("--log-format", help="text (default) or json (one object a line, uvicorn's lines too). [PORTAL_BOOT_LOG_FORMAT]"),
         click.option("--log-level", help="debug, info (default), warning, error. [PORTAL_BOOT_LOG_LEVEL]"),
+        click.option("--no-plugins", is_flag=True, default=None, help="Install an empty generation: the explicit way to remove the last plugin (not with --wheel-dir or --requirement). [PORTAL_BOOT_NO_PLUGINS]"),
     ]
     for option in reversed(options):
         func = option(func)
@@ -62,6 +63,7 @@ def _common_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "entry_point_group", "enabled_plugins", "auto_migrate", "db_timeout",
             "lock_timeout", "app", "host", "port", "log_format", "log_level",
         }  # fmt: skip
+        flag_names.add("no_plugins")
         flags = {name: kwargs.pop(name) for name in flag_names}
         settings = _settings(flags)
         return func(settings, **kwargs)
@@ -78,6 +80,11 @@ def _settings(flags: dict[str, Any]) -> Settings:
     for url in (settings.database_url, *_index_urls(settings)):
         for secret in secrets_of(url or ""):
             logs.add_secret(secret)
+    from portal_boot.dburl import password_warning
+
+    warning = password_warning(settings.database_url or "")
+    if warning:
+        log.warning(warning)
     for name, source in settings.sources.items():
         if source != "default":
             log.debug("setting %s from %s", name, source)
@@ -150,7 +157,7 @@ def wait_db(settings: Settings) -> None:
 
 @cli.command()
 @_common_options
-@click.option("--sql", is_flag=True, help="Print the SQL; apply nothing.")
+@click.option("--sql", is_flag=True, help="Print the SQL; apply nothing (a revision that needs a live database: status 6, named).")
 @click.option("--to", "to", metavar="REV", help="Upgrade or downgrade to REV (e.g. s3_plugin@base).")
 def migrate(settings: Settings, sql: bool, to: str | None) -> None:
     """Wait for the database, then apply core and plugin migrations under a lock."""
@@ -168,16 +175,39 @@ def migrate(settings: Settings, sql: bool, to: str | None) -> None:
 @click.option("--wait-for-migrations", is_flag=True, help="First wait until the database is at the heads.")
 @_uvicorn_args
 def serve(settings: Settings, wait_for_migrations: bool, uvicorn_args: tuple[str, ...] = ()) -> None:
-    """Exec uvicorn with the installed plugins importable (args after -- go to uvicorn)."""
+    """Exec uvicorn with the installed plugins importable (args after -- go to uvicorn).
+
+    After the exec: status 2 if the app cannot be imported or the address cannot be
+    bound, 8 if the application's own startup (lifespan) fails."""
     from portal_boot import boot
 
     boot.serve(settings, uvicorn_args=uvicorn_args, wait_for_migrations=wait_for_migrations)
 
 
+@cli.command(
+    "alembic",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@_common_options
+@click.argument("alembic_args", nargs=-1, type=click.UNPROCESSED)
+def alembic_command(settings: Settings, alembic_args: tuple[str, ...] = ()) -> None:
+    """Alembic's own command line (current, history, heads, show REV, upgrade, downgrade,
+    stamp...) with the application's alembic.ini, the enabled plugins' revisions and
+    the sync URL (never printed); upgrade, downgrade and stamp hold the migration lock.
+
+    portal-boot's options come before the Alembic command, everything after it is
+    Alembic's (portal-boot alembic --database-url URL history -v). Alembic's own help:
+    portal-boot alembic -- --help."""
+    from portal_boot import boot
+
+    boot.alembic(settings, alembic_args)
+
+
 @cli.command()
 @_common_options
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(settings: Settings, as_json: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (every pending revision).")
+@click.option("--verbose", is_flag=True, help="List every pending revision (else: count, first, last).")
+def status(settings: Settings, as_json: bool, verbose: bool) -> None:
     """Show wheels, plugins, database and revisions; exit 0 only if nothing is pending
     (else 3 bad signature, 4 install pending, 5 database unreachable, 6 migrations pending)."""
     from portal_boot import boot
@@ -187,7 +217,7 @@ def status(settings: Settings, as_json: bool) -> None:
     if as_json:
         click.echo(logs.scrub(json.dumps(report.as_dict(), indent=2)))
     else:
-        click.echo(logs.scrub(report.as_text()))
+        click.echo(logs.scrub(report.as_text(verbose=verbose)))
     if report.pending:
         raise _Pending(report.exit_code)
 
@@ -195,7 +225,8 @@ def status(settings: Settings, as_json: bool) -> None:
 @cli.command("db-url")
 @_common_options
 def db_url(settings: Settings) -> None:
-    """Print the sync URL Alembic will use, password masked as ***."""
+    """Print the sync URL Alembic will use, password masked as ***, then how it parses:
+    driver, user, host, port, database, query keys."""
     from portal_boot import boot
 
     click.echo(logs.scrub(boot.db_url(settings)))

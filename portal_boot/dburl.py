@@ -145,6 +145,12 @@ def secrets_of(url: str) -> list[str]:
     except UsageError:
         return []
     found = [parsed.password] if parsed.password else []
+    raw = _raw_password(url)
+    if raw and raw != parsed.password:
+        # An unencoded '@' or '/' made the parser end the password early: the rest of
+        # it is now in the host or the database name. Mask it there too.
+        found.append(raw)
+        found += [raw[i + 1 :] for i, c in enumerate(raw) if c in "/@#" and raw[i + 1 :]]
     for key, value in parsed.query.items():
         if key.lower() in _QUERY_SECRETS:
             found.extend(value if isinstance(value, tuple) else [value])
@@ -241,6 +247,63 @@ def sync_components(url: str) -> Components:
     parsed = components(url)
     drivername, query = _sync_driver_and_query(parsed.drivername, parsed.query)
     return dataclasses.replace(parsed, drivername=drivername, query=query)
+
+
+def _raw_password(url: str) -> str | None:
+    """The password part of ``url`` as written: from the user's ':' to the last '@'
+    before the query (what the operator meant, whatever the parser makes of it)."""
+    _, sep, rest = url.partition("://")
+    head = rest.split("?", 1)[0]
+    if not sep or "@" not in head:
+        return None
+    _, colon, password = head[: head.rfind("@")].partition(":")
+    return password if colon else None
+
+
+def unencoded_in_password(url: str) -> list[str]:
+    """The characters among ``/ @ #`` that the password part of ``url`` holds
+    unencoded (sorted; empty when none). Such a URL may parse with another host or
+    database than meant: ``@`` ends the password early, and other parsers (libpq,
+    urllib) end the authority at ``/`` or ``#``."""
+    password = _raw_password(url) or ""
+    return sorted({c for c in "/@#" if c in password})
+
+
+_ENCODED = {"/": "%2F", "@": "%40", "#": "%23"}
+
+
+def password_warning(url: str) -> str | None:
+    """A warning for a password holding unencoded ``/ @ #``, saying how to encode it;
+    None when there is nothing to say. Never quotes the password."""
+    found = unencoded_in_password(url)
+    if not found:
+        return None
+    chars = " ".join(f"'{c}'" for c in found)
+    codes = ", ".join(f"{c} as {_ENCODED[c]}" for c in found)
+    return (
+        f"the password in the database URL holds {chars} unencoded: the URL may name another "
+        f"host or database than you meant (portal-boot db-url shows how it parses). "
+        f"Percent-encode the password ({codes}; e.g. python3 -c 'import sys, urllib.parse; "
+        "print(urllib.parse.quote(sys.argv[1], safe=\"\"))' PASSWORD)"
+    )
+
+
+def describe(url: str) -> list[tuple[str, str]]:
+    """The parsed parts of ``url`` for ``db-url``: driver, user, host, port, database and
+    the query's keys (never a value: one may be a password)."""
+    parsed = components(url)
+    host = parsed.host or parsed.query.get("host") or ""
+    if isinstance(host, tuple):
+        host = ",".join(host)
+    return [
+        ("driver", parsed.drivername),
+        ("user", parsed.username or "(none)"),
+        ("password", "set (hidden)" if parsed.password else "(none)"),
+        ("host", host or "(none: the default, localhost or a Unix socket)"),
+        ("port", str(parsed.port) if parsed.port else "(default)"),
+        ("database", parsed.database or "(none)"),
+        ("query keys", ", ".join(sorted(parsed.query)) or "(none)"),
+    ]
 
 
 def _libpq_quote(value: str) -> str:

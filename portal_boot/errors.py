@@ -49,6 +49,14 @@ class LockTimeout(BootError):
     exit_code = 7
 
 
+class AppStartupError(BootError):
+    """The application's own startup failed after the exec: its lifespan startup, or
+    an error raised while importing it (status 8). Raised by nothing in portal-boot's
+    process: the serve launcher exits with this status and prints this name."""
+
+    exit_code = 8
+
+
 class Terminated(SystemExit):
     """Raised from the SIGTERM handler (status 143).
 

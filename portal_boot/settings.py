@@ -45,6 +45,7 @@ class Settings:
     log_level: str = "info"
     enabled_plugins: tuple[str, ...] = ()
     auto_migrate: bool = True
+    no_plugins: bool = False  # install an empty generation (the explicit "no plugins")
     # A frozen copy of the environment the process started with; the only
     # environment children (pip, gpg, uvicorn) are ever given, after filtering.
     environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
@@ -88,13 +89,44 @@ def _bool(raw: str, where: str) -> bool:
     raise UsageError(f"{where}={raw!r} is not a boolean: use true/false, 1/0 or yes/no")
 
 
+def _json_list(raw: str, where: str) -> tuple[str, ...] | None:
+    """A JSON list of strings (``'["a", "b"]'``, as applications parse ENABLED_PLUGINS
+    with pydantic), or None when ``raw`` is not one. Malformed JSON starting with '['
+    is a usage error: it was meant as JSON."""
+    value = raw.strip()
+    if not value.startswith("["):
+        return None
+    import json
+
+    try:
+        items = json.loads(value)
+    except ValueError as exc:
+        raise UsageError(
+            f"{where} starts with '[' but is not a JSON list ({exc.msg} at character "
+            f"{exc.pos + 1}): write a JSON list of strings ('[\"a\", \"b\"]') or a "
+            "comma-separated list (a,b)"
+        ) from None
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise UsageError(
+            f"{where} is JSON but not a list of strings: write '[\"a\", \"b\"]' or a,b"
+        )
+    return tuple(item.strip() for item in items if item.strip())
+
+
 def _list(raw: str, where: str) -> tuple[str, ...]:
-    # Commas with optional spaces; newlines too, as the guides' ConfigMaps write lists.
+    # A JSON list of strings, or commas with optional spaces; newlines too, as the
+    # guides' ConfigMaps write lists.
+    as_json = _json_list(raw, where)
+    if as_json is not None:
+        return as_json
     items = [item.strip() for item in raw.replace("\n", ",").split(",")]
     return tuple(item for item in items if item)
 
 
 def _requirements(raw: str, where: str) -> tuple[str, ...]:
+    as_json = _json_list(raw, where)
+    if as_json is not None:
+        return as_json
     # Commas inside extras ("pkg[a,b]==1.0") do not separate requirements.
     items = [item.strip() for item in re.split(r",(?![^\[]*\])", raw.replace("\n", ","))]
     return tuple(item for item in items if item)
@@ -216,6 +248,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
 )
 
+OPTIONS += (Option("no_plugins", "--no-plugins", ("PORTAL_BOOT_NO_PLUGINS",), _bool),)
+
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
 
@@ -289,6 +323,12 @@ def _check_consistency(settings: Settings) -> None:
             "both a wheel folder (--wheel-dir / PORTAL_BOOT_WHEEL_DIR) and requirements "
             "(--requirement / PORTAL_BOOT_REQUIREMENTS) are set: an air-gapped folder and "
             "an index are exclusive, unset one of them"
+        )
+    if settings.no_plugins and (settings.wheel_dir is not None or settings.requirements):
+        raise UsageError(
+            "--no-plugins / PORTAL_BOOT_NO_PLUGINS installs an empty generation, but a wheel "
+            "folder (--wheel-dir / PORTAL_BOOT_WHEEL_DIR) or requirements "
+            "(--requirement / PORTAL_BOOT_REQUIREMENTS) are set too: unset one of them"
         )
     if settings.trusted_fingerprints and settings.signatures == "off":
         raise UsageError(

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from portal_boot.errors import BootError
+from portal_boot.logs import summarise
 from portal_boot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class Report:
         data["pending"] = self.pending
         return data
 
-    def as_text(self) -> str:
+    def as_text(self, verbose: bool = False) -> str:
         out = ["wheels:"]
         out += [f"  {w['file']}: {w['state']}" + (f" ({w['signer']})" if w.get("signer") else "") for w in self.wheels] or ["  none configured"]
         out.append(f"installed plugins (generation {self.generation or 'none'}):")
@@ -63,7 +64,10 @@ class Report:
             out.append(f"revisions: current {', '.join(rev.get('current') or ['none'])}")
             out.append(f"           heads   {', '.join(rev.get('heads') or ['none'])}")
             if rev.get("pending"):
-                out.append(f"           pending {', '.join(rev['pending'])}")
+                pending = summarise(rev["pending"], full=verbose)
+                listed = verbose or pending == ", ".join(rev["pending"])
+                more = "" if listed else " (--verbose or --json lists all)"
+                out.append(f"           pending {pending}{more}")
             for env in rev.get("environments") or []:
                 if env["plugin"] is None:
                     continue  # the application's: the lines above
@@ -71,7 +75,7 @@ class Report:
                     f"plugin {env['plugin']} (own Alembic environment, version table "
                     f"{env['version_table']}): current {', '.join(env['current']) or 'none'}, "
                     f"heads {', '.join(env['heads']) or 'none'}"
-                    + (f", pending {', '.join(env['pending'])}" if env["pending"] else "")
+                    + (f", pending {summarise(env['pending'], full=verbose)}" if env["pending"] else "")
                 )
         if self.problems:
             out.append("pending:")
@@ -88,6 +92,13 @@ def _wheels(settings: Settings, report: Report) -> None:
         if wheels.is_pending(settings):
             report.install_pending = True
             report._flag(4, "the pinned requirements differ from the installed generation: run portal-boot install")
+        return
+    if settings.no_plugins:
+        if wheels.is_pending(settings):
+            report.install_pending = True
+            report._flag(
+                4, "--no-plugins: the installed generation is not empty: run portal-boot install"
+            )
         return
     if settings.wheel_dir is None:
         return

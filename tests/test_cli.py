@@ -28,23 +28,24 @@ def test_version(clean_env: dict[str, str]) -> None:
 def test_db_url_converts_and_masks(clean_env: dict[str, str]) -> None:
     result = portal_boot("db-url", "--database-url", URL, env=clean_env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "postgresql+psycopg://portal:***@db.internal:5432/portal?sslmode=require"
+    # The masked URL first, then its parsed parts (issue 12.6).
+    assert result.stdout.splitlines()[0] == "postgresql+psycopg://portal:***@db.internal:5432/portal?sslmode=require"
     assert SECRET not in result.stdout + result.stderr
     assert "s3cr3t-P%40ss" not in result.stdout + result.stderr
 
 
 def test_flag_beats_variable(clean_env: dict[str, str]) -> None:
     env = {**clean_env, "PORTAL_BOOT_DATABASE_URL": "postgresql://from-env/db"}
-    assert portal_boot("db-url", env=env).stdout.strip() == "postgresql+psycopg://from-env/db"
+    assert portal_boot("db-url", env=env).stdout.splitlines()[0] == "postgresql+psycopg://from-env/db"
     result = portal_boot("db-url", "--database-url", "postgresql://from-flag/db", env=env)
-    assert result.stdout.strip() == "postgresql+psycopg://from-flag/db"
+    assert result.stdout.splitlines()[0] == "postgresql+psycopg://from-flag/db"
 
 
 def test_guides_variable_names(clean_env: dict[str, str]) -> None:
     env = {**clean_env, "DATABASE_URL_ASYNC": "postgresql+asyncpg://u:p@async/db"}
-    assert portal_boot("db-url", env=env).stdout.strip() == "postgresql+psycopg://u:***@async/db"
+    assert portal_boot("db-url", env=env).stdout.splitlines()[0] == "postgresql+psycopg://u:***@async/db"
     env["DATABASE_URL"] = "postgresql://u:p@sync/db"
-    assert portal_boot("db-url", env=env).stdout.strip() == "postgresql+psycopg://u:***@sync/db"
+    assert portal_boot("db-url", env=env).stdout.splitlines()[0] == "postgresql+psycopg://u:***@sync/db"
 
 
 def test_database_url_file(tmp_path: Path, clean_env: dict[str, str]) -> None:

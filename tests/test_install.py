@@ -5,7 +5,6 @@ install changed nothing."""
 from __future__ import annotations
 
 import argparse
-
 import hashlib
 import logging
 import os

@@ -76,7 +76,7 @@ def wait_for_database(url: str, *, timeout: float, max_interval: float = 0.5) ->
         # machinery is imported for it.
         attempt()
     except NotReady:
-        _retry(attempt, deadline, max_interval, _sleeper(tcp, last, deadline))
+        _retry(attempt, deadline, max_interval, _sleeper(tcp, last, deadline), where)
     waited = time.monotonic() - started
     log.info("the database at %s answers (waited %.2f s, %s)", where, waited, _attempts(attempts))
     return waited
@@ -95,6 +95,7 @@ def _retry(
     deadline: float,
     max_interval: float,
     sleep: Callable[[float], None],
+    where: str = "",
 ) -> None:
     import tenacity
 
@@ -115,7 +116,7 @@ def _retry(
     except NotReady as exc:
         waited = time.monotonic() - started
         raise DatabaseError(
-            f"the database did not answer before the deadline (last: {exc.reason}; "
+            f"the database at {where} did not answer before the deadline (last: {exc.reason}; "
             f"{waited:.1f} s after the first attempt): check that the server runs and that "
             f"the host and port in {FIX_URL} are right, or wait longer with --db-timeout / "
             "PORTAL_BOOT_DB_TIMEOUT"

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from portal_boot.migrations.apply import RevisionState
     from portal_boot.plugins import Plugin
 
-__all__ = ["migrate", "revision_state", "sources_from", "wait_until_at_heads"]
+__all__ = ["alembic", "migrate", "revision_state", "sources_from", "wait_until_at_heads"]
 
 
 def sources_from(settings: Settings) -> Sources:
@@ -72,3 +72,17 @@ def revision_state(settings: Settings, plugins: Sequence[Plugin], *, url: str) -
     from portal_boot.migrations import apply
 
     return apply.revision_state(sources_from(settings), plugins, url=url, timeout=settings.db_timeout)
+
+
+def alembic(
+    settings: Settings, plugins: Sequence[Plugin], *, url: str, argv: Sequence[str]
+) -> None:
+    """``portal-boot alembic ARGS``: Alembic's own command line over the application's
+    alembic.ini, the enabled plugins' revisions and the sync ``url``; commands that
+    change the database hold the migration lock. Raises UsageError, MigrationError,
+    DatabaseError, LockTimeout."""
+    from portal_boot.migrations import alembic_cli
+
+    alembic_cli.run(
+        sources_from(settings), plugins, url=url, argv=argv, lock_timeout=settings.lock_timeout
+    )

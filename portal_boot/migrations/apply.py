@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from portal_boot.errors import DatabaseError, MigrationError, UsageError
+from portal_boot.logs import summarise
 from portal_boot.migrations import at_heads, environment_runs, environments, preflight, runner
 from portal_boot.migrations.lock import application_name, migration_lock
 from portal_boot.migrations.project import (
@@ -116,7 +117,7 @@ def upgrade(
         return
     engine = _engine(url)
     try:
-        with _database_errors(), contextlib.ExitStack() as stack:
+        with _database_errors(_where(url)), contextlib.ExitStack() as stack:
             conn = stack.enter_context(_connect(engine, migrating=True))
             current = current_revisions(conn)
             preflight.check_database(project.graph, current, others=project.others)
@@ -209,20 +210,27 @@ def wait_until_at_heads(
             if now >= deadline:
                 if pending is None:
                     raise DatabaseError(
-                        f"the database did not answer within {timeout:g} s ({problem}): "
+                        f"the database at {_where(url)} did not answer within {timeout:g} s "
+                        f"({problem}): "
                         "check --database-url / DATABASE_URL, or raise --db-timeout / "
                         "PORTAL_BOOT_DB_TIMEOUT"
                     )
+                log.debug("pending: %s", ", ".join(pending))
+                listed = summarise(pending, count=False)
+                if listed != ", ".join(pending):
+                    listed += "; --log-level debug lists all"
                 raise MigrationError(
                     f"the database is not at the heads after {timeout:g} s: "
-                    f"{len(pending)} revision(s) pending ({', '.join(pending)}): run `portal-boot "
+                    f"{len(pending)} revision(s) pending ({listed}): run `portal-boot "
                     "migrate` (an init container or a job), or raise --db-timeout / "
                     "PORTAL_BOOT_DB_TIMEOUT"
                 )
             if now >= next_report:
                 log.info(
                     "waiting for the migrations: %s",
-                    f"{len(pending)} revision(s) pending" if pending else problem,
+                    f"{len(pending)} revision(s) pending ({summarise(pending, count=False)})"
+                    if pending
+                    else problem,
                 )
                 next_report = now + 10.0
             time.sleep(min(pause * random.uniform(0.5, 1.0), max(deadline - now, 0.0)))
@@ -246,7 +254,7 @@ def revision_state(
     envs = environments.load(plugins)
     engine = _engine(url, purpose="status")
     try:
-        with _database_errors(), _connect(engine) as conn:
+        with _database_errors(_where(url)), _connect(engine) as conn:
             current = current_revisions(conn)
             own = environment_runs.states(envs, url, conn, sources.target)
     finally:
@@ -379,10 +387,11 @@ def _engine(url: str, purpose: str = "migrate") -> Engine:
 def _connect(
     engine: Engine, *, autocommit: bool = False, migrating: bool = False
 ) -> Iterator[Connection]:
-    with _database_errors():
+    where = _where(engine.url.render_as_string(hide_password=False))
+    with _database_errors(where):
         conn = engine.connect()
     try:
-        with _database_errors():
+        with _database_errors(where):
             if autocommit:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             elif (
@@ -400,14 +409,22 @@ def _connect(
         conn.close()
 
 
+def _where(url: str) -> str:
+    """host:port/database (or the SQLite file) of ``url``, for messages."""
+    from portal_boot.dburl import sync_components
+
+    return sync_components(url).where()
+
+
 @contextlib.contextmanager
-def _database_errors() -> Iterator[None]:
+def _database_errors(where: str = "") -> Iterator[None]:
     from sqlalchemy.exc import DBAPIError
 
     try:
         yield
     except DBAPIError as exc:
+        at = f" at {where}" if where else ""
         raise DatabaseError(
-            f"the database failed: {first_line(exc)}: check that it is up and that "
+            f"the database{at} failed: {first_line(exc)}: check that it is up and that "
             "--database-url / DATABASE_URL is right"
         ) from None

@@ -123,17 +123,28 @@ def reraise_termination(exc: BaseException) -> None:
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
 
 
-def _failure(
-    exc: Exception, project: Project, conn: Connection, placed: dict[Path, RevisionFile]
-) -> MigrationError:
-    by_path = {str(f.path.resolve()): f for f in project.files}
-    by_path.update({str(path.resolve()): f for path, f in placed.items()})
+def failed_revision(
+    exc: BaseException,
+    files: Sequence[RevisionFile],
+    placed: dict[Path, RevisionFile] | None = None,
+) -> RevisionFile | None:
+    """The revision file whose code raised ``exc`` (the innermost one in its
+    traceback), or None."""
+    by_path = {str(f.path.resolve()): f for f in files}
+    by_path.update({str(path.resolve()): f for path, f in (placed or {}).items()})
     failed = None
     tb = exc.__traceback__
     while tb is not None:
         file = by_path.get(str(Path(tb.tb_frame.f_code.co_filename).resolve()))
         failed = file or failed
         tb = tb.tb_next
+    return failed
+
+
+def _failure(
+    exc: Exception, project: Project, conn: Connection, placed: dict[Path, RevisionFile]
+) -> MigrationError:
+    failed = failed_revision(exc, project.files, placed)
     stays = ""
     with contextlib.suppress(Exception):
         conn.rollback()
@@ -173,6 +184,16 @@ def print_sql(project: Project, url: str, command_name: str, target: str) -> Non
         except Exception as exc:
             reraise_termination(exc)
             log.debug("printing the SQL failed", exc_info=True)
+            failed = failed_revision(exc, project.files)
+            if failed is not None:
+                # Offline, op.get_bind() is a mock: a revision that reads data or
+                # manages its own session needs a live database.
+                raise MigrationError(
+                    f"revision {failed.revision} ({failed.owner}) cannot be rendered as SQL "
+                    f"offline: its code needs a live database ({first_line(exc)}): apply it "
+                    "with portal-boot migrate; --sql --to REV prints the SQL up to the revision "
+                    "before it, --sql --to FROM:TO the SQL of a range after it"
+                ) from None
             raise MigrationError(
                 f"printing the SQL for {target} failed: {first_line(exc)}: check the "
                 "revision named, or give --to FROM:TO"

@@ -23,10 +23,18 @@ log = logging.getLogger(__name__)
 
 
 def uvicorn_argv(
-    plugin_path: Path, app: str, host: str, port: int, extra: Sequence[str] = ()
+    plugin_path: Path,
+    app: str,
+    host: str,
+    port: int,
+    extra: Sequence[str] = (),
+    *,
+    log_format: str = "text",
+    log_level: str = "info",
 ) -> list[str]:
     """The command line portal-boot execs. Arguments after ``--`` come last, so a
-    ``--port`` given there wins over portal-boot's own."""
+    ``--port`` given there wins over portal-boot's own. The launcher's own options
+    (the log format and level, for uvicorn's lines) come before the target."""
     try:
         os.listdir(plugin_path)
     except (FileNotFoundError, NotADirectoryError):
@@ -45,6 +53,8 @@ def uvicorn_argv(
         sys.executable,
         "-m",
         "portal_boot.serve.launch",
+        f"--log-format={log_format}",
+        f"--log-level={log_level}",
         str(plugin_path),
         app,
         "--host",
@@ -76,7 +86,15 @@ def exec_uvicorn(settings: Settings, plugin_path: Path, extra: Sequence[str] = (
     them; Python's descriptors are not inherited across exec (PEP 446), so none
     can leak into the server.
     """
-    argv = uvicorn_argv(plugin_path, settings.app, settings.host, settings.port, extra)
+    argv = uvicorn_argv(
+        plugin_path,
+        settings.app,
+        settings.host,
+        settings.port,
+        extra,
+        log_format=settings.log_format,
+        log_level=settings.log_level,
+    )
     log.info(
         "serve: exec uvicorn %s on %s:%d (plugins from %s)",
         settings.app,

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "current_generation",
     "install",
+    "install_nothing",
     "is_pending",
     "refuse_unsigned_generation",
     "request_from",
@@ -72,9 +73,22 @@ def wheel_states(settings: Settings) -> list[tuple[Path, str | None, str]]:
     return installer.wheel_states(request_from(settings))
 
 
+def install_nothing(settings: Settings) -> Path:
+    """``--no-plugins``: switch the target to an empty generation. Raises
+    InstallError, LockTimeout."""
+    from portal_boot.wheels import empty
+
+    return empty.install_nothing(settings.target, lock_timeout=settings.lock_timeout)
+
+
 def is_pending(settings: Settings) -> bool:
     """For ``status``: whether an install would change the target (reads only)."""
     from portal_boot.wheels import installer
+
+    if settings.no_plugins:
+        from portal_boot.wheels import empty
+
+        return empty.is_pending(settings.target)
 
     return installer.is_pending(request_from(settings), settings.target)
 

@@ -90,7 +90,8 @@ def folder_wheels(wheel_dir: Path) -> list[Path]:
         raise UsageError(
             f"no wheels (*.whl) in the wheel folder {wheel_dir}{only}: an empty folder is "
             f"refused, not taken as 'no plugins' (an unmounted volume?); put the signed "
-            f"wheels there, or unset {WHEEL_DIR} to run without plugins"
+            f"wheels there, or to remove every plugin unset {WHEEL_DIR} and install with "
+            "--no-plugins / PORTAL_BOOT_NO_PLUGINS=true"
         )
     return wheels
 

@@ -37,6 +37,7 @@ def is_known_variable(name: str) -> bool:
         or name.startswith("PIP_")
         or name in paths.GENERIC_VARIABLES
         or name in upcoming
+        or name in paths.IMAGE_VARIABLES
     )
 
 

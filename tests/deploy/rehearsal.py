@@ -165,6 +165,9 @@ class Rehearsal:
             container_env["PORTAL_BOOT_HOST"] = "127.0.0.1"
         env = dict(self.base_env)
         for key, value in container_env.items():
+            if key in paths.IMAGE_VARIABLES:  # not a file: a URL path (the HEALTHCHECK's)
+                env[key] = value
+                continue
             env[key] = self._host_path(value, mounts, f"service {name}: {key}")
         return env
 

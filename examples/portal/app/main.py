@@ -23,6 +23,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 def _selectors() -> list[str]:
     raw = os.environ.get("ENABLED_PLUGINS", "")
+    if raw.strip().startswith("["):  # a JSON list, as the real portal reads it
+        return [str(item).strip() for item in json.loads(raw) if str(item).strip()]
     return [item.strip() for item in raw.replace("\n", ",").split(",") if item.strip()]
 
 
