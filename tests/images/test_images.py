@@ -54,7 +54,11 @@ TAG = f"rehearsal-{os.getpid()}"
 BASE = f"localhost/portal-boot:{TAG}"
 WITH_PLUGINS = f"localhost/portal-boot:{TAG}-with-examples"
 ADOPTED = f"localhost/portal-boot-adopted:{TAG}"
-PLUGINS = ["S3TechnicalAssetConfiguration", "SnowflakeTechnicalAssetConfiguration"]
+PLUGINS = sorted([
+    "DatabricksTechnicalAssetConfiguration",
+    "S3TechnicalAssetConfiguration",
+    "SnowflakeTechnicalAssetConfiguration",
+])
 STARTED = time.monotonic()
 TIMES: dict[str, float] = {}
 
@@ -266,7 +270,7 @@ HARDENED = ["--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-o
 # --------------------------------------------------------------------------- the base image
 def test_example_wheels_are_readable_by_everyone(work: Path) -> None:
     wheels = sorted((work / "examples" / "wheels").glob("*.whl*"))
-    assert len(wheels) == 4, wheels
+    assert len(wheels) == 2 * len(PLUGINS), wheels  # each wheel and its .asc
     for path in [*wheels, work / "examples" / "keys" / "demo-signing-key.asc"]:
         assert path.stat().st_mode & 0o444 == 0o444, (path, oct(path.stat().st_mode))
 
