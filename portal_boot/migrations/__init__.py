@@ -42,9 +42,11 @@ def migrate(
     url: str,
     sql: bool = False,
     to: str | None = None,
+    remove: str | None = None,
 ) -> None:
     """Apply the core and plugin migrations: to all heads, or up or down to ``to``;
-    with ``sql``, print the SQL instead. Raises UsageError, MigrationError,
+    with ``sql``, print the SQL instead; with ``remove``, revert exactly that
+    plugin's revisions. Raises UsageError, MigrationError,
     LockTimeout, DatabaseError."""
     from portal_boot.migrations import apply
 
@@ -56,6 +58,7 @@ def migrate(
         lock_timeout=settings.lock_timeout,
         sql=sql,
         to=to,
+        remove=remove,
     )
 
 

@@ -72,8 +72,11 @@ def upgrade(
     lock_timeout: float,
     sql: bool = False,
     to: str | None = None,
+    remove: str | None = None,
 ) -> None:
-    """Apply the core and plugin migrations: to all heads, or up or down to ``to``.
+    """Apply the core and plugin migrations: to all heads, or up or down to ``to``;
+    or, with ``remove``, revert exactly that plugin's revisions
+    (:mod:`portal_boot.migrations.removal`).
 
     ``url`` is the database URL, async or sync (Alembic gets the sync one). A
     database already at the heads is noticed without Alembic (:mod:`portal_boot.migrations.at_heads`).
@@ -82,7 +85,8 @@ def upgrade(
     (the Alembic config), MigrationError (a pre-flight check or a failed revision),
     LockTimeout, DatabaseError.
     """
-    if to is None and not sql:
+    plain = to is None and remove is None  # to all heads
+    if plain and not sql:
         found = at_heads.at_heads(sources, plugins, url, timeout=db_timeout)
         if found:
             log.info(
@@ -108,7 +112,7 @@ def upgrade(
             current = current_revisions(conn)
             preflight.check_database(project.graph, current, others=project.others)
             pending_before = project.graph.pending(current)
-            if to is None and not pending_before and files_in_place(project):
+            if plain and not pending_before and files_in_place(project):
                 log.info("database at the heads (%s): nothing to apply", ", ".join(current))
                 return
             lock_conn = None
@@ -122,7 +126,7 @@ def upgrade(
             # may have applied everything.
             current = current_revisions(conn)
             preflight.check_database(project.graph, current, others=project.others)
-            if to is None and not project.graph.pending(current):
+            if plain and not project.graph.pending(current):
                 if pending_before:
                     log.info(
                         "nothing left to apply: another process brought the database to the heads"
@@ -130,16 +134,11 @@ def upgrade(
                 else:  # the lock was only needed for the versions folder
                     log.info("database at the heads (%s): nothing to apply", ", ".join(current))
                 return
-            command, target = _command(project, to, current)
-            if not command:
-                log.info(
-                    "the database has %s and nothing after it on its line: nothing to do "
-                    "(revisions of other branches that depend on it are downgraded with "
-                    "--to LABEL@base)",
-                    target,
-                )
-                return
-            runner.run(project, url, conn, command, target, placed=placed)
+            with runner.session(project, url, placed=placed) as session:
+                steps, destination = _steps(project, session, current, to, remove)
+                if steps is None:
+                    return
+                session.execute(conn, steps, current, destination=destination)
             _log_changes(project, current, current_revisions(conn))
     finally:
         engine.dispose()
@@ -227,6 +226,38 @@ def revision_state(
         engine.dispose()
     preflight.check_database(project.graph, current, others=project.others)
     return RevisionState(current, project.graph.heads, project.graph.pending(current))
+
+
+def _steps(
+    project: Project,
+    session: runner.Session,
+    current: Sequence[str],
+    to: str | None,
+    remove: str | None,
+) -> tuple[list[runner.Step] | None, str | None]:
+    """What this run is to do, checked before anything changes: the steps (None:
+    nothing to do, logged) and the destination env.py may ask for."""
+    from portal_boot.migrations import removal
+
+    if remove is not None:
+        plugin, steps = removal.steps(project, current, remove)
+        if not steps:
+            log.info("plugin %s has no revision applied: nothing to remove", plugin.name)
+            return None, None
+        return steps, None
+    command, target = _command(project, to, current)
+    if not command:
+        log.info(
+            "the database has %s and nothing after it on its line: nothing to do "
+            "(another plugin's revisions that depend on it are reverted with "
+            "--remove PLUGIN)",
+            target,
+        )
+        return None, None
+    steps = session.plan(command, target, current)
+    if to is not None:
+        removal.check_to_base(project, to, steps)
+    return steps, target
 
 
 def _command(project: Project, to: str | None, current: Sequence[str]) -> tuple[str, str]:
