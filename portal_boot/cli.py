@@ -77,6 +77,10 @@ def _settings(flags: dict[str, Any]) -> Settings:
     for url in (settings.database_url, *_index_urls(settings)):
         for secret in secrets_of(url or ""):
             logs.add_secret(secret)
+    from portal_boot.settings import postgres_secrets
+
+    for secret in postgres_secrets(settings.environ):
+        logs.add_secret(secret)
     for name, source in settings.sources.items():
         if source != "default":
             log.debug("setting %s from %s", name, source)
