@@ -216,12 +216,14 @@ def log_outside_transaction(project: Project, steps: Sequence[Step]) -> None:
             "revision %s (%s) runs part of its %s outside the migration's transaction "
             "(op.get_context().autocommit_block(), e.g. CREATE INDEX CONCURRENTLY): the "
             "steps before it are committed when that block starts, so a failure or a kill "
-            "from there on leaves the database at the revision before it, with the block's "
-            "work possibly half-done (an INVALID index); the next migrate runs %s again",
+            "from there on leaves them committed and %s %s, with the block's work possibly "
+            "half-done (e.g. an INVALID index); the next migrate runs its %s again",
             step.revision,
             file.owner,
             direction,
             step.revision,
+            "not recorded as applied" if step.upgrade else "still recorded as applied",
+            direction,
         )
 
 
