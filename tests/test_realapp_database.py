@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from pgserver import PgServer
 from realapp import CORE_HEAD, CORE_TABLES, copy_realapp, postgres_env
 from sqlalchemy.engine import URL, make_url
-from test_migrations_support import current, tables
+from test_migrations_support import current, revision, tables
 
 from portal_boot.dburl import components, from_components
 
@@ -185,3 +185,28 @@ def test_components_render_as_sqlalchemys_url_create(user, password, host, port,
     assert (parsed.username, parsed.password, parsed.port, parsed.database) == (
         user, want_password, port, database,
     )  # fmt: skip
+
+
+def test_postgres_password_is_masked_even_when_the_url_is_used(
+    app: Path, pg_server: PgServer, pg_url: str, clean_env: dict[str, str]
+) -> None:
+    """A URL given, and POSTGRES_PASSWORD set for the application (another secret):
+    a revision whose error quotes it does not get it into portal-boot's output."""
+    leaky = app.parent / "app/database/alembic/versions/c07_leaky.py"
+    leaky.write_text(
+        revision("c07", "c06", upgrade="import os\nraise RuntimeError("
+                 "f\"cannot log in with {os.environ['POSTGRES_PASSWORD']}\")")
+    )  # fmt: skip
+    other_secret = "An0ther:S3cret@/%"
+    role = _role(pg_server, make_url(pg_url).database, other_secret)
+    # portal-boot connects with the URL; the application's env.py as another role,
+    # to the same database, with POSTGRES_PASSWORD.
+    env = {**clean_env, **postgres_env(pg_url), "DATABASE_URL": pg_url}
+    env["POSTGRES_PASSWORD"] = other_secret
+    env["POSTGRES_USER"] = role
+    result = _migrate(app, env, "--log-level", "debug")
+    assert result.returncode == 6, result.stderr
+    assert "revision c07 (the application) failed" in result.stderr
+    output = result.stdout + result.stderr
+    for needle in {other_secret, quote(other_secret, safe=""), quote_plus(other_secret)}:
+        assert needle not in output
