@@ -88,7 +88,9 @@ def test_postgres_components_alone_are_the_database_url(
     assert f"nothing to do, database at heads {CORE_HEAD}" in again.stderr
     shown = portal_boot("db-url", env=env)
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.strip() == f"postgresql+psycopg://{role}:***@{db.host}:{db.port}/{db.database}"
+    assert (
+        shown.stdout.strip() == f"postgresql+psycopg://{role}:***@{db.host}:{db.port}/{db.database}"
+    )
     # The password, also from a _FILE, is masked in every line, even an error.
     secret_file = app.parent / "pw"
     secret_file.write_text(PASSWORD + "\n")

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import assert_one_line_failure, portal_boot
-from realapp import CORE_HEAD, CORE_TABLES, REALAPP, copy_realapp, index_state, install, postgres_env
+from realapp import (
+    CORE_HEAD,
+    CORE_TABLES,
+    REALAPP,
+    copy_realapp,
+    index_state,
+    install,
+    postgres_env,
+)
 from test_migrations_support import current, migrate_args, tables
 
 REPO = Path(__file__).resolve().parent.parent

@@ -22,8 +22,7 @@ from portal_boot.migrations.revisions import read_file
 
 VERSIONS = REALAPP / "app/database/alembic/versions"
 WARNING = (
-    "revision c05 (the application) runs part of its upgrade outside the migration's "
-    "transaction"
+    "revision c05 (the application) runs part of its upgrade outside the migration's transaction"
 )
 
 
@@ -81,7 +80,9 @@ def test_kill_9_during_create_index_concurrently_then_the_next_migrate_resumes(
                 portal_boot_argv(*args), env=env, stdout=subprocess.DEVNULL, stderr=stderr
             )
             try:
-                until(lambda: _waiting_index_builds(pg_url), 60, "CREATE INDEX CONCURRENTLY to wait")
+                until(
+                    lambda: _waiting_index_builds(pg_url), 60, "CREATE INDEX CONCURRENTLY to wait"
+                )
             finally:
                 child.send_signal(signal.SIGKILL)
                 child.wait(30)

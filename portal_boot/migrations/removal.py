@@ -130,7 +130,10 @@ def check_to_base(project: Project, to: str, planned: Sequence[Step]) -> None:
         s.revision
         for s in planned
         if not s.upgrade
-        and (s.revision not in project.graph.files or project.graph.files[s.revision].plugin != plugin)
+        and (
+            s.revision not in project.graph.files
+            or project.graph.files[s.revision].plugin != plugin
+        )
     ]
     if not foreign:
         return

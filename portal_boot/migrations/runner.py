@@ -143,10 +143,11 @@ class Session:
         )
         try:
             steps = compute(target, tuple(current))  # type: ignore[arg-type]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - Alembic's errors are the revisions' problem
             reraise_termination(exc)
             raise MigrationError(
-                f"{command_name} to {target}: {first_line(exc)}: give another --to"
+                f"Alembic cannot plan the {command_name} to {target}: {first_line(exc)}: "
+                "check the revisions named, or give another --to"
             ) from None
         return [Step(step.revision.revision, step.is_upgrade) for step in steps]
 
