@@ -6,7 +6,9 @@ Reading order: :mod:`.apply` (the driver: ``migrate``, waiting for another repli
 migrations, the state for ``status``), :mod:`.at_heads` (the warm path's "nothing to
 do", without Alembic), :mod:`.revisions` and :mod:`.preflight` (the files and the
 checks made before anything is applied), :mod:`.project` and :mod:`.runner` (Alembic
-in-process), :mod:`.lock` (one migrator at a time), :mod:`.placement` (the
+in-process: steps planned, checked, then run), :mod:`.landing` (the database checked
+is the database migrated), :mod:`.removal` (``--remove``: one plugin's revisions and
+nothing else), :mod:`.lock` (one migrator at a time), :mod:`.placement` (the
 ``link``/``copy`` modes).
 """
 

@@ -11,6 +11,13 @@ the core (``down_revision = "<core head>"``) that carries ``branch_labels`` has 
 label spread down the core chain to the previous branch or merge point, so
 ``LABEL@base`` lies below core revisions. :func:`check_to_base` refuses such a
 ``--to LABEL@base`` and names the safe command.
+
+How it is expressed to Alembic: not as a ``downgrade`` target (no target means
+"these revisions and nothing else" in every graph), but as the exact list of
+downgrade steps handed to the application's env.py through Alembic's
+``EnvironmentContext(fn=...)``, the hook ``alembic downgrade`` itself uses
+(:meth:`portal_boot.migrations.runner.Session.execute`); Alembic's own bookkeeping
+then updates the version table step by step.
 """
 
 from __future__ import annotations
