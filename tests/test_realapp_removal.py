@@ -150,3 +150,14 @@ def test_readme_removal_procedure_is_the_safe_command() -> None:
         assert "migrate --remove" in text, doc
         assert not re.search(r"migrate --to \S*@base", text), doc
     assert (REALAPP / "plugins" / "my_plugin").is_dir()
+
+
+def test_sql_for_label_at_base_refuses_too(
+    app: Path, target: Path, pg_url: str, clean_env: dict[str, str]
+) -> None:
+    """The SQL --sql prints is there to be applied by hand: the same refusal."""
+    install(target, "my_plugin")
+    result = migrate(app, pg_url, target, clean_env, "--sql", "--to", "my_plugin@base")
+    assert_one_line_failure(result, 6, "portal-boot migrate --remove my_plugin")
+    assert "DROP TABLE roles" not in result.stdout
+    assert tables(pg_url) == set()

@@ -103,7 +103,12 @@ def upgrade(
         sources.migrations_mode,
     )
     if sql:
-        runner.print_sql(project, url, *_sql_command(project, to))
+        command, target = _sql_command(project, to)
+        if command == "downgrade" and files_in_place(project):
+            from portal_boot.migrations import removal
+
+            removal.check_sql_downgrade(project, url, target)
+        runner.print_sql(project, url, command, target)
         return
     engine = _engine(url)
     try:

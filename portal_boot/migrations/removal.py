@@ -26,6 +26,7 @@ import logging
 from collections.abc import Sequence
 
 from portal_boot.errors import MigrationError, UsageError
+from portal_boot.migrations import runner
 from portal_boot.migrations.preflight import Graph
 from portal_boot.migrations.project import Project
 from portal_boot.migrations.runner import Step
@@ -151,3 +152,15 @@ def check_to_base(project: Project, to: str, planned: Sequence[Step]) -> None:
         "revision chained onto a core revision with branch_labels puts LABEL@base below the "
         f"core. To revert only the plugin's revisions: portal-boot migrate --remove {label}"
     )
+
+
+def check_sql_downgrade(project: Project, url: str, target: str) -> None:
+    """``--sql --to LABEL@base`` (``target`` is ``LABEL@head:LABEL@base``): the SQL
+    printed is there to be applied by hand, so the same refusal as
+    :func:`check_to_base`."""
+    start, _, destination = target.rpartition(":")
+    if not start or not destination.endswith("@base"):
+        return
+    with runner.session(project, url, placed={}) as session:
+        steps = session.plan("downgrade", destination, [start])
+    check_to_base(project, destination, steps)
