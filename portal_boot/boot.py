@@ -107,7 +107,12 @@ def enabled_plugins(settings: Settings) -> list[Plugin]:
 
 
 def migrate(
-    settings: Settings, *, sql: bool = False, to: str | None = None, wait: bool = True
+    settings: Settings,
+    *,
+    sql: bool = False,
+    to: str | None = None,
+    wait: bool = True,
+    remove: str | None = None,
 ) -> None:
     """Wait for the database (unless only printing SQL, or the caller just did), then
     apply core and plugin migrations under the cross-replica lock. Raises
@@ -120,7 +125,7 @@ def migrate(
     url = settings.require_database_url()
     if wait and not sql:
         wait_db(settings)
-    migrations.migrate(settings, plugins, url=url, sql=sql, to=to)
+    migrations.migrate(settings, plugins, url=url, sql=sql, to=to, remove=remove)
 
 
 def alembic(settings: Settings, argv: Sequence[str]) -> None:

@@ -85,6 +85,10 @@ def _settings(flags: dict[str, Any]) -> Settings:
     warning = password_warning(settings.database_url or "")
     if warning:
         log.warning(warning)
+    from portal_boot.settings import postgres_secrets
+
+    for secret in postgres_secrets(settings.environ):
+        logs.add_secret(secret)
     for name, source in settings.sources.items():
         if source != "default":
             log.debug("setting %s from %s", name, source)
@@ -158,8 +162,9 @@ def wait_db(settings: Settings) -> None:
 @cli.command()
 @_common_options
 @click.option("--sql", is_flag=True, help="Print the SQL; apply nothing (a revision that needs a live database: status 6, named).")
-@click.option("--to", "to", metavar="REV", help="Upgrade or downgrade to REV (e.g. s3_plugin@base).")
-def migrate(settings: Settings, sql: bool, to: str | None) -> None:
+@click.option("--to", "to", metavar="REV", help="Upgrade or downgrade to REV (e.g. a revision id, or LABEL@head).")
+@click.option("--remove", "remove", metavar="PLUGIN", help="Revert exactly PLUGIN's revisions (entry-point name, distribution or branch label), before uninstalling it.")
+def migrate(settings: Settings, sql: bool, to: str | None, remove: str | None) -> None:
     """Wait for the database, then apply core and plugin migrations under a lock."""
     from portal_boot import boot
 
@@ -167,7 +172,11 @@ def migrate(settings: Settings, sql: bool, to: str | None) -> None:
         raise UsageError(
             "--to is empty: give a revision id, LABEL@base, LABEL@head, heads or base"
         )
-    boot.migrate(settings, sql=sql, to=to)
+    if remove is not None and not remove.strip():
+        raise UsageError("--remove is empty: give a plugin's entry-point name, distribution or branch label")
+    if remove is not None and (to is not None or sql):
+        raise UsageError("--remove cannot be combined with --to or --sql: give one of them")
+    boot.migrate(settings, sql=sql, to=to, remove=remove)
 
 
 @cli.command()

@@ -11,7 +11,7 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, quote, unquote
 
 from portal_boot.errors import UsageError
 
@@ -332,6 +332,32 @@ def libpq_conninfo(url: str, **extra: str | int) -> str | None:
     return " ".join(
         f"{key}={_libpq_quote(str(value))}" for key, value in params.items() if value not in (None, "")
     )
+
+
+def from_components(
+    *,
+    username: str | None,
+    password: str | None,
+    host: str,
+    port: int | None,
+    database: str | None,
+    drivername: str = "postgresql+psycopg",
+) -> str:
+    """The URL ``sqlalchemy.engine.URL.create(...).render_as_string(hide_password=False)``
+    gives for these components, without importing SQLAlchemy (its quoting, copied;
+    tests/test_dburl.py proves the two equal): any password works as it is."""
+    out = drivername + "://"
+    if username is not None:
+        out += quote(username, safe=" +")
+        if password is not None:
+            out += ":" + quote(password, safe=" +")
+        out += "@"
+    out += f"[{host}]" if ":" in host else host
+    if port is not None:
+        out += f":{port}"
+    if database is not None:
+        out += "/" + quote(database, safe=" +/")
+    return out
 
 
 def _malformed() -> UsageError:

@@ -55,7 +55,8 @@ class Settings:
         if not self.database_url:
             raise UsageError(
                 "no database URL: pass --database-url or set PORTAL_BOOT_DATABASE_URL "
-                "(or DATABASE_URL / DATABASE_URL_FILE)"
+                "(or DATABASE_URL / DATABASE_URL_FILE, or POSTGRES_SERVER with POSTGRES_USER, "
+                "POSTGRES_PASSWORD, POSTGRES_PORT, POSTGRES_DB)"
             )
         return self.database_url
 
@@ -308,6 +309,15 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
             sources[option.name] = var
         else:
             sources[option.name] = "default"
+    parts = _postgres_components(environ)
+    if parts:
+        if values.get("database_url") is None:
+            built = _url_from_components(parts)
+            if built is not None:
+                values["database_url"] = built
+                sources["database_url"] = "POSTGRES_* (" + ", ".join(v[1] for v in parts.values()) + ")"
+        else:
+            _check_same_database(values["database_url"], sources["database_url"], parts)
     settings = Settings(
         **values,
         environ=MappingProxyType(dict(environ)),
@@ -315,6 +325,90 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
     )
     _check_consistency(settings)
     return settings
+
+
+# --- the database URL from POSTGRES_* components ------------------------------------
+#
+# FastAPI's full-stack template (and the applications made from it) configure the
+# database as components; their env.py builds its URL from them. The lowest
+# precedence source of the database URL, and checked against a URL given as well.
+
+POSTGRES_VARS = (
+    "POSTGRES_SERVER", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB",
+)  # fmt: skip
+
+
+def _postgres_components(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """The POSTGRES_* variables set (directly or as ``_FILE``): name -> (value, source)."""
+    found = {}
+    for var in POSTGRES_VARS:
+        raw = _read_env(Option(var, "", (var,), _text), environ)
+        if raw is not None:
+            found[var] = (_text(raw[0], raw[1]), raw[1])
+    return found
+
+
+def postgres_secrets(environ: Mapping[str, str]) -> list[str]:
+    """POSTGRES_PASSWORD (or the content of its _FILE), to be masked in every output."""
+    try:
+        found = _postgres_components(environ).get("POSTGRES_PASSWORD")
+    except UsageError:
+        return []
+    return [found[0]] if found else []
+
+
+def _url_from_components(parts: dict[str, tuple[str, str]]) -> str | None:
+    from portal_boot.dburl import from_components
+
+    if "POSTGRES_SERVER" not in parts:
+        return None
+    if "POSTGRES_PASSWORD" in parts and "POSTGRES_USER" not in parts:
+        raise UsageError(
+            f"{parts['POSTGRES_PASSWORD'][1]} is set without POSTGRES_USER: set the user too"
+        )
+    port = parts.get("POSTGRES_PORT")
+    return from_components(
+        username=parts.get("POSTGRES_USER", (None,))[0],
+        password=parts.get("POSTGRES_PASSWORD", (None,))[0],
+        host=parts["POSTGRES_SERVER"][0],
+        port=_port(*port) if port else None,
+        database=parts.get("POSTGRES_DB", (None,))[0],
+    )
+
+
+def _check_same_database(url: str, where: str, parts: dict[str, tuple[str, str]]) -> None:
+    """A URL and POSTGRES_* components that name different databases: a usage error
+    naming both (the application's env.py may follow the components)."""
+    from portal_boot.dburl import sync_components
+
+    named = {k: v for k, v in parts.items() if k in ("POSTGRES_SERVER", "POSTGRES_PORT", "POSTGRES_DB")}
+    if not named:
+        return
+    try:
+        given = sync_components(url)
+    except UsageError:
+        return  # reported as a malformed URL where it is used
+    pairs = []
+    if given.backend != "postgresql":
+        pairs.append((f"a {given.backend} database", ", ".join(v[1] for v in named.values())))
+    else:
+        port = str(given.port or 5432)
+        checks = (
+            ("POSTGRES_SERVER", (given.host or "").lower(), lambda v: v.lower(), f"host {given.host}"),
+            ("POSTGRES_PORT", port, lambda v: v.strip(), f"port {port}"),
+            ("POSTGRES_DB", given.database or "", lambda v: v, f"database {given.database}"),
+        )
+        for var, have, norm, said in checks:
+            if var in named and norm(named[var][0]) != have:
+                pairs.append((said, f"{named[var][1]}={named[var][0]}"))
+    if pairs:
+        said = "; ".join(f"{where} names {a} but {b}" for a, b in pairs)
+        raise UsageError(
+            f"the database URL and the POSTGRES_* components name different databases "
+            f"({said}): the application's env.py may migrate the one POSTGRES_* names: make "
+            f"them agree, or unset one of {where} and "
+            f"{', '.join(v[1] for v in named.values())}"
+        )
 
 
 def _check_consistency(settings: Settings) -> None:

@@ -56,6 +56,7 @@ def clean_env() -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith("PORTAL_BOOT_")
         and k not in {"DATABASE_URL", "DATABASE_URL_ASYNC", "ENABLED_PLUGINS", "AUTO_RUN_PLUGIN_MIGRATIONS"}
+        and not k.startswith("POSTGRES_")
     }
     env["PYTHONUNBUFFERED"] = "1"
     return env

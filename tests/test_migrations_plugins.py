@@ -162,7 +162,7 @@ def test_a_removed_plugin_is_named_with_the_fix(
     result = migrate(app, pg_url, target, clean_env)
     assert_one_line_failure(
         result, 6, "the database is at revision s3_0002", "a plugin was removed",
-        "portal-boot migrate --to <its branch label>@base",
+        "portal-boot migrate --remove <the plugin>",
     )  # fmt: skip
     assert "Can't locate revision" not in result.stderr
 
@@ -174,7 +174,7 @@ def test_a_disabled_plugin_with_tables_is_named_with_the_command(
     result = migrate(app, pg_url, both, clean_env, ENABLED_PLUGINS="snowflake_plugin")
     assert_one_line_failure(
         result, 6, "revision s3_0002 of plugin s3_plugin", "installed but not enabled",
-        "portal-boot migrate --to s3_plugin@base",
+        "portal-boot migrate --remove s3_plugin",
     )  # fmt: skip
 
 

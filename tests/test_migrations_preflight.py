@@ -166,7 +166,7 @@ def test_check_database_names_a_removed_plugins_revision() -> None:
     graph = preflight.check_files(EXAMPLE[:2])
     with pytest.raises(MigrationError, match="the database is at revision s3_0002, which no file"):
         preflight.check_database(graph, ["s3_0002"])
-    with pytest.raises(MigrationError, match=r"--to s3_plugin@base\)"):
+    with pytest.raises(MigrationError, match=r"--remove s3_plugin\)"):
         preflight.check_database(graph, ["s3_0002"], others=EXAMPLE[2:4])
     preflight.check_database(graph, ["core_0002"])
 

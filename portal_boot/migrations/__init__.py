@@ -6,7 +6,9 @@ Reading order: :mod:`.apply` (the driver: ``migrate``, waiting for another repli
 migrations, the state for ``status``), :mod:`.at_heads` (the warm path's "nothing to
 do", without Alembic), :mod:`.revisions` and :mod:`.preflight` (the files and the
 checks made before anything is applied), :mod:`.project` and :mod:`.runner` (Alembic
-in-process), :mod:`.lock` (one migrator at a time), :mod:`.placement` (the
+in-process: steps planned, checked, then run), :mod:`.landing` (the database checked
+is the database migrated), :mod:`.removal` (``--remove``: one plugin's revisions and
+nothing else), :mod:`.lock` (one migrator at a time), :mod:`.placement` (the
 ``link``/``copy`` modes).
 """
 
@@ -42,9 +44,11 @@ def migrate(
     url: str,
     sql: bool = False,
     to: str | None = None,
+    remove: str | None = None,
 ) -> None:
     """Apply the core and plugin migrations: to all heads, or up or down to ``to``;
-    with ``sql``, print the SQL instead. Raises UsageError, MigrationError,
+    with ``sql``, print the SQL instead; with ``remove``, revert exactly that
+    plugin's revisions. Raises UsageError, MigrationError,
     LockTimeout, DatabaseError."""
     from portal_boot.migrations import apply
 
@@ -56,6 +60,7 @@ def migrate(
         lock_timeout=settings.lock_timeout,
         sql=sql,
         to=to,
+        remove=remove,
     )
 
 

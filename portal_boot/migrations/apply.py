@@ -76,8 +76,11 @@ def upgrade(
     lock_timeout: float,
     sql: bool = False,
     to: str | None = None,
+    remove: str | None = None,
 ) -> None:
-    """Apply the core and plugin migrations: to all heads, or up or down to ``to``.
+    """Apply the core and plugin migrations: to all heads, or up or down to ``to``;
+    or, with ``remove``, revert exactly that plugin's revisions
+    (:mod:`portal_boot.migrations.removal`).
 
     ``url`` is the database URL, async or sync (Alembic gets the sync one). A
     database already at the heads is noticed without Alembic (:mod:`portal_boot.migrations.at_heads`).
@@ -86,7 +89,8 @@ def upgrade(
     (the Alembic config), MigrationError (a pre-flight check or a failed revision),
     LockTimeout, DatabaseError.
     """
-    if to is None and not sql:
+    plain = to is None and remove is None  # to all heads
+    if plain and not sql:
         found = at_heads.at_heads(sources, plugins, url, timeout=db_timeout)
         if found:
             log.info(
@@ -107,12 +111,19 @@ def upgrade(
         environment_runs.describe(envs),
     )
     own = environment_runs.find_target(envs, to) if to is not None else None
+    if remove is not None and own is None:  # --remove of a plugin with its own environment
+        own = environment_runs.find_target(envs, f"{remove}@base")
     if sql:
         if own is not None:
             environment_runs.print_sql([own[0]], url, sources.target, *own[1:])
             return
-        runner.print_sql(project, url, *_sql_command(project, to))
-        if to is None:
+        command, target = _sql_command(project, to)
+        if command == "downgrade" and files_in_place(project):
+            from portal_boot.migrations import removal
+
+            removal.check_sql_downgrade(project, url, target)
+        runner.print_sql(project, url, command, target)
+        if plain:
             environment_runs.print_sql(envs, url, sources.target)
         return
     engine = _engine(url)
@@ -124,7 +135,7 @@ def upgrade(
             pending_before = project.graph.pending(current) + environment_runs.pending_names(
                 environment_runs.states(envs, url, conn, sources.target)
             )
-            if to is None and not pending_before and files_in_place(project):
+            if plain and not pending_before and files_in_place(project):
                 log.info("database at the heads (%s): nothing to apply", ", ".join(current))
                 return
             lock_conn = None
@@ -141,7 +152,7 @@ def upgrade(
             # may have applied everything.
             current = current_revisions(conn)
             preflight.check_database(project.graph, current, others=project.others)
-            if to is None and not project.graph.pending(current):
+            if plain and not project.graph.pending(current):
                 if environment_runs.upgrade_all(envs, url, conn, sources.target):
                     return
                 if pending_before:
@@ -151,18 +162,13 @@ def upgrade(
                 else:  # the lock was only needed for the versions folder
                     log.info("database at the heads (%s): nothing to apply", ", ".join(current))
                 return
-            command, target = _command(project, to, current)
-            if not command:
-                log.info(
-                    "the database has %s and nothing after it on its line: nothing to do "
-                    "(revisions of other branches that depend on it are downgraded with "
-                    "--to LABEL@base)",
-                    target,
-                )
-                return
-            runner.run(project, url, conn, command, target, placed=placed)
+            with runner.session(project, url, placed=placed) as session:
+                steps, destination = _steps(project, session, current, to, remove)
+                if steps is None:
+                    return
+                session.execute(conn, steps, current, destination=destination)
             _log_changes(project, current, current_revisions(conn))
-            if to is None:  # then the plugins with their own environment, each committed
+            if plain:  # then the plugins with their own environment, each committed
                 environment_runs.upgrade_all(envs, url, conn, sources.target)
     finally:
         engine.dispose()
@@ -266,6 +272,38 @@ def revision_state(
         project.graph.pending(current),
         tuple(state.as_dict() for state in own),
     )
+
+
+def _steps(
+    project: Project,
+    session: runner.Session,
+    current: Sequence[str],
+    to: str | None,
+    remove: str | None,
+) -> tuple[list[runner.Step] | None, str | None]:
+    """What this run is to do, checked before anything changes: the steps (None:
+    nothing to do, logged) and the destination env.py may ask for."""
+    from portal_boot.migrations import removal
+
+    if remove is not None:
+        plugin, steps = removal.steps(project, current, remove)
+        if not steps:
+            log.info("plugin %s has no revision applied: nothing to remove", plugin.name)
+            return None, None
+        return steps, None
+    command, target = _command(project, to, current)
+    if not command:
+        log.info(
+            "the database has %s and nothing after it on its line: nothing to do "
+            "(another plugin's revisions that depend on it are reverted with "
+            "--remove PLUGIN)",
+            target,
+        )
+        return None, None
+    steps = session.plan(command, target, current)
+    if to is not None:
+        removal.check_to_base(project, to, steps)
+    return steps, target
 
 
 def _command(project: Project, to: str | None, current: Sequence[str]) -> tuple[str, str]:

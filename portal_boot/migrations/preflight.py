@@ -188,32 +188,17 @@ def check_database(
         other = known.get(revision)
         if other is not None and other.plugin is not None:
             plugin = other.plugin
-            target = _base_target([f for f in others if f.plugin == plugin])
             raise MigrationError(
                 f"the database is at revision {revision} of plugin {plugin.name}, which is "
                 "installed but not enabled (ENABLED_PLUGINS): enable it again, or first "
-                f"downgrade its tables with it enabled (portal-boot migrate --to {target}), "
-                "then disable it"
+                "revert its revisions with it enabled (portal-boot migrate --remove "
+                f"{plugin.name}), then disable it"
             )
     listed = ", ".join(unknown)
     raise MigrationError(
         f"the database is at revision {listed}, which no file of the application or of an "
         "installed plugin defines: a plugin was removed before its migrations were "
         "downgraded (or the database belongs to a newer application). Reinstall that plugin, "
-        "run `portal-boot migrate --to <its branch label>@base` with it still installed, "
+        "run `portal-boot migrate --remove <the plugin>` with it still installed, "
         "then remove it"
     )
-
-
-def _base_target(files: Sequence[RevisionFile]) -> str:
-    """The ``--to`` value that downgrades a plugin's revisions: its branch label
-    at base, or else the revision its first file builds on."""
-    for file in files:
-        if file.branch_labels:
-            return f"{file.branch_labels[0]}@base"
-    own = {f.revision for f in files}
-    for file in files:
-        outside = [d for d in file.down_revisions if d not in own]
-        if outside:
-            return outside[0]
-    return "<the revision before the plugin's first>"

@@ -32,6 +32,9 @@ class RevisionFile:
     branch_labels: tuple[str, ...]
     path: Path
     plugin: Plugin | None  # None: the application's own
+    # "upgrade" and/or "downgrade": the functions that use Alembic's
+    # autocommit_block(), so cannot run inside the migration's one transaction.
+    autocommit: tuple[str, ...] = ()
 
     @property
     def owner(self) -> str:
@@ -95,7 +98,33 @@ def literal_identifiers(source: bytes, path: Path) -> dict[str, object] | None:
     """The identifiers a revision file assigns at module level, when they are plain
     literals; None when only importing the file can tell (computed values, or no
     ``revision`` at all). Raises SyntaxError."""
-    tree = ast.parse(source, filename=str(path))
+    return _identifiers(ast.parse(source, filename=str(path)))
+
+
+def autocommit_functions(tree: ast.Module) -> tuple[str, ...]:
+    """Which of ``upgrade`` / ``downgrade`` call ``autocommit_block()`` (as in
+    ``with op.get_context().autocommit_block():``): Alembic commits the migration's
+    transaction before such a block and runs it in autocommit mode. A call outside
+    these two functions (a helper they share) counts for both."""
+    found: set[str] = set()
+    for node in tree.body:
+        calls = any(
+            isinstance(sub, ast.Attribute) and sub.attr == "autocommit_block"
+            for sub in ast.walk(node)
+        )
+        if not calls:
+            continue
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in (
+            "upgrade",
+            "downgrade",
+        ):
+            found.add(node.name)
+        else:
+            found.update(("upgrade", "downgrade"))
+    return tuple(sorted(found, reverse=True))  # upgrade first
+
+
+def _identifiers(tree: ast.Module) -> dict[str, object] | None:
     values: dict[str, object] = {}
     for node in tree.body:
         if isinstance(node, ast.Assign):
@@ -115,7 +144,12 @@ def literal_identifiers(source: bytes, path: Path) -> dict[str, object] | None:
     return values
 
 
-def revision_file(values: dict[str, object], path: Path, plugin: Plugin | None) -> RevisionFile:
+def revision_file(
+    values: dict[str, object],
+    path: Path,
+    plugin: Plugin | None,
+    autocommit: tuple[str, ...] = (),
+) -> RevisionFile:
     return RevisionFile(
         revision=str(values["revision"]),
         down_revisions=_tuple(values.get("down_revision")),
@@ -123,13 +157,15 @@ def revision_file(values: dict[str, object], path: Path, plugin: Plugin | None) 
         branch_labels=_tuple(values.get("branch_labels")),
         path=path,
         plugin=plugin,
+        autocommit=autocommit,
     )
 
 
 def read_file(path: Path, plugin: Plugin | None) -> RevisionFile:
     """The identifiers of one revision file. Raises MigrationError if it has none."""
     try:
-        values = literal_identifiers(path.read_bytes(), path)
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+        values = _identifiers(tree)
     except SyntaxError as exc:
         raise MigrationError(
             f"{path} ({owner_name(plugin)}) is not valid Python (line {exc.lineno}: {exc.msg}): "
@@ -143,7 +179,7 @@ def read_file(path: Path, plugin: Plugin | None) -> RevisionFile:
         raise MigrationError(f"cannot read {path}: {exc.strerror or exc}") from None
     if values is None:
         values = _import_identifiers(path, plugin)
-    return revision_file(values, path, plugin)
+    return revision_file(values, path, plugin, autocommit_functions(tree))
 
 
 def _import_identifiers(path: Path, plugin: Plugin | None) -> dict[str, object]:

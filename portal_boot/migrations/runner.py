@@ -9,6 +9,7 @@ portal-boot's connection is offered in ``config.attributes["connection"]``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sys
 import tempfile
@@ -17,11 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from portal_boot.errors import MigrationError, Terminated
+from portal_boot.migrations import landing
 from portal_boot.migrations.project import Project, current_revisions, first_line
 from portal_boot.migrations.revisions import RevisionFile
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
     from sqlalchemy.engine import Connection
 
 log = logging.getLogger(__name__)
@@ -94,22 +97,154 @@ def run(
     *,
     placed: dict[Path, RevisionFile],
 ) -> None:
-    """Run ``alembic.command.<command_name>(config, target)`` on ``conn`` and commit.
-    Raises MigrationError naming the failed revision; lets Terminated through."""
-    from alembic import command
-
-    config = _alembic_config(project, url, _run_locations(project))
-    config.attributes["connection"] = conn
+    """Run ``alembic <command_name> <target>`` on ``conn`` and commit: the steps as
+    Alembic plans them, checked to land on the database portal-boot reads. Raises
+    MigrationError naming the failed revision; lets Terminated through."""
     log.info("%s to %s", command_name, target)
-    with _process_state(project):
+    with session(project, url, placed=placed) as loaded:
+        current = current_revisions(conn)
+        steps = loaded.plan(command_name, target, current)
+        loaded.execute(conn, steps, current, destination=target)
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One revision Alembic is to apply (``upgrade``) or revert."""
+
+    revision: str
+    upgrade: bool
+
+
+class Session:
+    """The application's Alembic scripts loaded once for a run: plan the steps of a
+    command (:meth:`plan`), or take them from elsewhere (a plugin's removal), check
+    them, then run exactly those (:meth:`execute`). Made by :func:`session`."""
+
+    def __init__(
+        self, project: Project, url: str, placed: dict[Path, RevisionFile]
+    ) -> None:
+        from alembic.script import ScriptDirectory
+
+        self.project, self.url, self.placed = project, url, placed
+        self.config = _alembic_config(project, url, _run_locations(project))
         try:
-            getattr(command, command_name)(config, target)
+            self.script: ScriptDirectory = ScriptDirectory.from_config(self.config)
+            self.script.revision_map.heads  # noqa: B018 - load every revision file now
+        except Exception as exc:
+            reraise_termination(exc)
+            log.debug("loading the revisions failed", exc_info=True)
+            failed = failed_revision(exc, project.files, placed)
+            if failed is not None:
+                raise MigrationError(
+                    f"revision {failed.revision} ({failed.owner}) cannot be loaded: "
+                    f"{first_line(exc)}: fix {failed.path}, or disable the plugin it comes "
+                    "from (ENABLED_PLUGINS)"
+                ) from None
+            raise MigrationError(
+                f"Alembic cannot load the revisions: {first_line(exc)}: fix the revision "
+                "files, or disable the plugin they come from (ENABLED_PLUGINS)"
+            ) from None
+
+    def plan(self, command_name: str, target: str, current: Sequence[str]) -> list[Step]:
+        """The steps ``alembic <command_name> <target>`` would take from ``current``,
+        as Alembic's own command computes them. Raises MigrationError."""
+        compute = (
+            self.script._upgrade_revs if command_name == "upgrade" else self.script._downgrade_revs
+        )
+        try:
+            steps = compute(target, tuple(current))  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - Alembic's errors are the revisions' problem
+            reraise_termination(exc)
+            raise MigrationError(
+                f"Alembic cannot plan the {command_name} to {target}: {first_line(exc)}: "
+                "check the revisions named, or give another --to"
+            ) from None
+        return [Step(step.revision.revision, step.is_upgrade) for step in steps]
+
+    def execute(
+        self,
+        conn: Connection,
+        steps: Sequence[Step],
+        current: Sequence[str],
+        *,
+        destination: str | None,
+    ) -> None:
+        """Run exactly ``steps`` through the application's env.py, on ``conn`` when
+        env.py takes it; then read the versions again on ``conn`` and check they are
+        where the steps lead (:mod:`portal_boot.migrations.landing`). Raises
+        MigrationError; lets Terminated through."""
+        from alembic.runtime.environment import EnvironmentContext
+        from alembic.runtime.migration import MigrationStep
+
+        script = self.script
+        wanted = [
+            (MigrationStep.upgrade_from_script if step.upgrade else MigrationStep.downgrade_from_script)(
+                script.revision_map, script.get_revision(step.revision)
+            )
+            for step in steps
+        ]
+        where = landing.where(self.url)
+        log_outside_transaction(self.project, steps)
+
+        def fn(heads: Sequence[str], context: object) -> list:
+            # Alembic read these on the connection env.py gave it: the database that
+            # is about to be migrated. Before any step runs.
+            landing.check_same(heads, current, where)
+            return wanted
+
+        self.config.attributes["connection"] = conn
+        words = ", ".join(f"{'+' if s.upgrade else '-'}{s.revision}" for s in steps)
+        log.info("running %d step(s): %s", len(steps), words)
+        try:
+            with EnvironmentContext(
+                self.config, script, fn=fn, as_sql=False, destination_rev=destination
+            ):
+                script.run_env()
             if conn.in_transaction():  # an env.py that left its transaction to us
                 conn.commit()
+        except MigrationError:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            raise
         except Exception as exc:
             reraise_termination(exc)
             log.debug("migration failed", exc_info=True)
-            raise _failure(exc, project, conn, placed) from None
+            raise _failure(exc, self.project, conn, self.placed) from None
+        landing.check_landed(
+            self.project.graph, current, steps, current_revisions(conn), where
+        )
+
+
+def log_outside_transaction(project: Project, steps: Sequence[Step]) -> None:
+    """Revisions whose step uses autocommit_block(): the one-transaction promise
+    does not hold from there on (README "One transaction")."""
+    for step in steps:
+        file = project.graph.files.get(step.revision)
+        direction = "upgrade" if step.upgrade else "downgrade"
+        if file is None or direction not in file.autocommit:
+            continue
+        log.warning(
+            "revision %s (%s) runs part of its %s outside the migration's transaction "
+            "(op.get_context().autocommit_block(), e.g. CREATE INDEX CONCURRENTLY): the "
+            "steps before it are committed when that block starts, so a failure or a kill "
+            "from there on leaves them committed and %s %s, with the block's work possibly "
+            "half-done (e.g. an INVALID index); the next migrate runs its %s again",
+            step.revision,
+            file.owner,
+            direction,
+            step.revision,
+            "not recorded as applied" if step.upgrade else "still recorded as applied",
+            direction,
+        )
+
+
+@contextlib.contextmanager
+def session(
+    project: Project, url: str, *, placed: dict[Path, RevisionFile]
+) -> Iterator[Session]:
+    """A :class:`Session`, with the process state loading the revisions needs."""
+    with _process_state(project):
+        yield Session(project, url, placed)
 
 
 def reraise_termination(exc: BaseException) -> None:

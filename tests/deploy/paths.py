@@ -27,7 +27,7 @@ UPCOMING_VARIABLES = {"PORTAL_BOOT_MIGRATION_DATABASE_URL"}
 # `portal-boot migrate --remove PLUGIN` (issue 11, the safe removal of one plugin's
 # revisions). The drift check leaves them out while the command lacks them, and checks them
 # with the real parser once it has them. Remove an entry once portal_boot/cli.py has it.
-UPCOMING_OPTIONS = {("migrate", "--remove")}
+UPCOMING_OPTIONS: set[tuple[str, str]] = set()
 # Read by the image itself, not by portal-boot: the HEALTHCHECK's path (Dockerfile.base).
 IMAGE_VARIABLES = {"PORTAL_BOOT_HEALTH_PATH"}
 INIT_PROCESSES = {"tini", "dumb-init", "/usr/bin/tini", "/usr/bin/dumb-init"}
