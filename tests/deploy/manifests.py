@@ -215,6 +215,14 @@ def k8s_problems(
                         )
                     if not is_init:
                         problems.append(f"{cwhere}: install belongs in an init container")
+                # Every container given the wheel folder and keys (a shared ConfigMap) has
+                # them mounted, so `kubectl exec ... portal-boot status` there works.
+                for var in ("PORTAL_BOOT_WHEEL_DIR", "PORTAL_BOOT_TRUSTED_KEYS"):
+                    named = env.get(var)
+                    if named and named.startswith("/") and not any(
+                        named == m or named.startswith(m.rstrip("/") + "/") for m in mounts
+                    ):
+                        problems.append(f"{cwhere}: {var}={named} is on no mounted volume")
                 if step in ("migrate", "serve") and state is not None and not baked:
                     if state["name"] not in installed_into:
                         problems.append(
