@@ -101,10 +101,13 @@ def migrate(
 
     plugins = enabled_plugins(settings)
     # As given, async or sync: a database at the heads is noticed without SQLAlchemy,
-    # which makes the sync URL only when Alembic runs.
-    url = settings.require_database_url()
-    if wait and not sql:
-        wait_db(settings)
+    # which makes the sync URL only when Alembic runs. A direct URL for migrations
+    # (past a pooler), when one is given, is waited for too, even right after wait-db.
+    url = settings.migration_database_url or settings.require_database_url()
+    if not sql and (wait or url != settings.database_url):
+        from portal_boot.database import wait_for_database
+
+        wait_for_database(url, timeout=settings.db_timeout)
     migrations.migrate(settings, plugins, url=url, sql=sql, to=to)
 
 

@@ -54,6 +54,7 @@ def migrate(
         url=url,
         db_timeout=settings.db_timeout,
         lock_timeout=settings.lock_timeout,
+        ddl_lock_timeout=settings.ddl_lock_timeout,
         sql=sql,
         to=to,
     )

@@ -18,11 +18,14 @@ import random
 import re
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from portal_boot.errors import DatabaseError, MigrationError, UsageError
-from portal_boot.migrations import at_heads, preflight, runner
+from portal_boot.migrations import at_heads, ddl, preflight, runner
 from portal_boot.migrations.lock import application_name, migration_lock
+from portal_boot.migrations.locked import pooler_problem
+from portal_boot.migrations.locked import upgrade as locked_upgrade
 from portal_boot.migrations.project import (
     Project,
     current_revisions,
@@ -31,6 +34,7 @@ from portal_boot.migrations.project import (
     place_files,
 )
 from portal_boot.migrations.project import load as load_project
+from portal_boot.migrations.revisions import RevisionFile
 from portal_boot.migrations.sources import Sources
 from portal_boot.plugins import Plugin
 
@@ -72,6 +76,7 @@ def upgrade(
     lock_timeout: float,
     sql: bool = False,
     to: str | None = None,
+    ddl_lock_timeout: float = 0.0,
 ) -> None:
     """Apply the core and plugin migrations: to all heads, or up or down to ``to``.
 
@@ -104,43 +109,62 @@ def upgrade(
     engine = _engine(url)
     try:
         with _database_errors(), contextlib.ExitStack() as stack:
-            conn = stack.enter_context(_connect(engine, migrating=True))
+            conn = stack.enter_context(_connect(engine))
             current = current_revisions(conn)
             preflight.check_database(project.graph, current, others=project.others)
             pending_before = project.graph.pending(current)
             if to is None and not pending_before and files_in_place(project):
                 log.info("database at the heads (%s): nothing to apply", ", ".join(current))
                 return
-            lock_conn = None
-            if engine.dialect.name == "postgresql":
-                lock_conn = stack.enter_context(_connect(engine, autocommit=True))
-            stack.enter_context(
-                migration_lock(lock_conn, engine.url, timeout=lock_timeout)
-            )
-            placed = place_files(project)
-            # Again, now that we hold the lock: a replica that held it before us
-            # may have applied everything.
-            current = current_revisions(conn)
-            preflight.check_database(project.graph, current, others=project.others)
-            if to is None and not project.graph.pending(current):
-                if pending_before:
+            placed: dict[Path, RevisionFile] = {}
+
+            def work(conn: Connection, locked: bool) -> tuple[tuple[str, ...], ...] | None:
+                nonlocal placed
+                placed = place_files(project)
+                # Again, now that we hold the lock: a replica that held it before us
+                # may have applied everything.
+                current = current_revisions(conn, keep_transaction=locked)
+                preflight.check_database(project.graph, current, others=project.others)
+                if to is None and not project.graph.pending(current):
+                    if pending_before:
+                        log.info(
+                            "nothing left to apply: another process brought the database "
+                            "to the heads"
+                        )
+                    else:  # the lock was only needed for the versions folder
+                        log.info(
+                            "database at the heads (%s): nothing to apply", ", ".join(current)
+                        )
+                    return None
+                command, target = _command(project, to, current)
+                if not command:
                     log.info(
-                        "nothing left to apply: another process brought the database to the heads"
+                        "the database has %s and nothing after it on its line: nothing to do "
+                        "(revisions of other branches that depend on it are downgraded with "
+                        "--to LABEL@base)",
+                        target,
                     )
-                else:  # the lock was only needed for the versions folder
-                    log.info("database at the heads (%s): nothing to apply", ", ".join(current))
-                return
-            command, target = _command(project, to, current)
-            if not command:
-                log.info(
-                    "the database has %s and nothing after it on its line: nothing to do "
-                    "(revisions of other branches that depend on it are downgraded with "
-                    "--to LABEL@base)",
-                    target,
-                )
-                return
-            runner.run(project, url, conn, command, target, placed=placed)
-            _log_changes(project, current, current_revisions(conn))
+                    return None
+                runner.run(
+                    project, url, conn, command, target, placed=placed,
+                    commit=not locked, passthrough=ddl.lock_not_available,
+                )  # fmt: skip
+                return current, current_revisions(conn, keep_transaction=locked)
+
+            if engine.dialect.name == "postgresql":
+                changes = locked_upgrade(
+                    engine, conn,
+                    files=[f.path for f in project.files],
+                    work=work,
+                    lock_timeout=lock_timeout,
+                    ddl_lock_timeout=ddl_lock_timeout,
+                    name=lambda exc: _name(project, exc, placed),
+                )  # fmt: skip
+            else:
+                with migration_lock(engine.url, timeout=lock_timeout):
+                    changes = work(conn, False)
+            if changes:
+                _log_changes(project, *changes)
     finally:
         engine.dispose()
 
@@ -310,6 +334,12 @@ def _resolve(project: Project, target: str) -> str:
     return found.revision
 
 
+def _name(project: Project, exc: BaseException, placed: dict[Path, RevisionFile]) -> str:
+    """The revision an error of the upgrade came from, for a message."""
+    failed = runner.failed_file(exc, project, placed)
+    return f"revision {failed.revision} ({failed.owner})" if failed else "the upgrade"
+
+
 def _log_changes(project: Project, before: Sequence[str], after: Sequence[str]) -> None:
     graph = project.graph
     was, now = graph.applied(before), graph.applied(after)
@@ -340,30 +370,21 @@ def _engine(url: str, purpose: str = "migrate") -> Engine:
     connect_args: dict[str, Any] = {}
     if parsed.get_backend_name() == "postgresql" and "application_name" not in parsed.query:
         connect_args["application_name"] = application_name(purpose)
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg":
+        # No server-side prepared statements: through a transaction pooler they stay
+        # on a backend other clients get next ("_pg3_0 already exists").
+        connect_args["prepare_threshold"] = None
     # NullPool: every connection is really closed when released, none outlives the step.
     return create_engine(parsed, poolclass=pool.NullPool, connect_args=connect_args)
 
 
 @contextlib.contextmanager
-def _connect(
-    engine: Engine, *, autocommit: bool = False, migrating: bool = False
-) -> Iterator[Connection]:
+def _connect(engine: Engine) -> Iterator[Connection]:
+    # No session state (SET) on it: through a transaction pooler it would stay on a
+    # backend other clients get. What the upgrade needs is SET LOCAL (migrations.ddl).
     with _database_errors():
         conn = engine.connect()
     try:
-        with _database_errors():
-            if autocommit:
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            elif (
-                migrating
-                and engine.dialect.name == "postgresql"
-                and ((engine.dialect.server_version_info or (0,)) >= (14,))
-            ):
-                # If portal-boot dies (kill -9) mid-statement, the server checks
-                # the socket every second and aborts, instead of running the
-                # statement to its end with the locks it holds.
-                conn.exec_driver_sql("SET client_connection_check_interval = 1000")
-                conn.commit()
         yield conn
     finally:
         conn.close()
@@ -376,6 +397,9 @@ def _database_errors() -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
+        pooler = pooler_problem(str(exc.orig or exc))
+        if pooler is not None:
+            raise pooler from None
         raise DatabaseError(
             f"the database failed: {first_line(exc)}: check that it is up and that "
             "--database-url / DATABASE_URL is right"

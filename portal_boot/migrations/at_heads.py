@@ -214,7 +214,8 @@ def _postgresql(
     if conninfo is None:
         raise Undecided("the URL needs SQLAlchemy's dialect to connect")
     try:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
+        # No prepared statements: they would outlive this session on a pooled backend.
+        with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
             try:
                 rows = conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall()
             except psycopg.errors.UndefinedTable:

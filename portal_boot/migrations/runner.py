@@ -12,7 +12,7 @@ import contextlib
 import logging
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -83,9 +83,13 @@ def run(
     target: str,
     *,
     placed: dict[Path, RevisionFile],
+    commit: bool = True,
+    passthrough: Callable[[BaseException], bool] | None = None,
 ) -> None:
-    """Run ``alembic.command.<command_name>(config, target)`` on ``conn`` and commit.
-    Raises MigrationError naming the failed revision; lets Terminated through."""
+    """Run ``alembic.command.<command_name>(config, target)`` on ``conn`` and commit
+    (unless ``commit`` is false: the caller owns the transaction). Raises
+    MigrationError naming the failed revision; lets Terminated through, and the
+    errors ``passthrough`` picks (the caller retries those)."""
     from alembic import command
 
     config = _alembic_config(project, url, _run_locations(project))
@@ -94,10 +98,12 @@ def run(
     with _process_state(project):
         try:
             getattr(command, command_name)(config, target)
-            if conn.in_transaction():  # an env.py that left its transaction to us
+            if commit and conn.in_transaction():  # an env.py that left its transaction to us
                 conn.commit()
         except Exception as exc:
             reraise_termination(exc)
+            if passthrough is not None and passthrough(exc):
+                raise
             log.debug("migration failed", exc_info=True)
             raise _failure(exc, project, conn, placed) from None
 
@@ -113,9 +119,10 @@ def reraise_termination(exc: BaseException) -> None:
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
 
 
-def _failure(
-    exc: Exception, project: Project, conn: Connection, placed: dict[Path, RevisionFile]
-) -> MigrationError:
+def failed_file(
+    exc: BaseException, project: Project, placed: dict[Path, RevisionFile]
+) -> RevisionFile | None:
+    """The revision file in whose code ``exc`` was raised, if any."""
     by_path = {str(f.path.resolve()): f for f in project.files}
     by_path.update({str(path.resolve()): f for path, f in placed.items()})
     failed = None
@@ -124,6 +131,13 @@ def _failure(
         file = by_path.get(str(Path(tb.tb_frame.f_code.co_filename).resolve()))
         failed = file or failed
         tb = tb.tb_next
+    return failed
+
+
+def _failure(
+    exc: Exception, project: Project, conn: Connection, placed: dict[Path, RevisionFile]
+) -> MigrationError:
+    failed = failed_file(exc, project, placed)
     stays = ""
     with contextlib.suppress(Exception):
         conn.rollback()
