@@ -108,7 +108,7 @@ class Blocked:
 
 
 def describe_session(row: dict[str, Any]) -> str:
-    parts = [f"pid {row['pid']}"]
+    parts = []
     if row.get("application_name"):
         parts.append(f"application_name {row['application_name']!r}")
     if row.get("state"):
@@ -116,7 +116,7 @@ def describe_session(row: dict[str, Any]) -> str:
     start = row.get("xact_start")
     if isinstance(start, datetime.datetime):
         parts.append(f"in a transaction since {start.isoformat(timespec='seconds')}")
-    return ", ".join(parts)
+    return f"pid {row['pid']}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 class Guard:
