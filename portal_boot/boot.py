@@ -7,9 +7,10 @@ them, so a command pays only for what it uses.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from portal_boot.logs import step
@@ -107,8 +108,30 @@ def migrate(
     if not sql and (wait or url != settings.database_url):
         from portal_boot.database import wait_for_database
 
-        wait_for_database(url, timeout=settings.db_timeout)
+        with _blaming_the_migration_url(url != settings.database_url):
+            wait_for_database(url, timeout=settings.db_timeout)
     migrations.migrate(settings, plugins, url=url, sql=sql, to=to)
+
+
+@contextlib.contextmanager
+def _blaming_the_migration_url(blame: bool = True) -> Iterator[None]:
+    """Errors about PORTAL_BOOT_MIGRATION_DATABASE_URL name it, not the database URL."""
+    from portal_boot.database.verdicts import FIX_URL
+    from portal_boot.errors import BootError
+
+    try:
+        yield
+    except BootError as exc:
+        if not blame:
+            raise
+        hint = "--migration-database-url / PORTAL_BOOT_MIGRATION_DATABASE_URL"
+        message = str(exc)
+        message = (
+            message.replace(FIX_URL, hint)
+            if FIX_URL in message
+            else f"the migration database URL ({hint}): {message}"
+        )
+        raise type(exc)(message) from None
 
 
 def serve(
@@ -138,6 +161,9 @@ def run(settings: Settings, *, uvicorn_args: Sequence[str] = ()) -> NoReturn:
     from portal_boot.database import check_url
 
     check_url(settings.require_database_url())
+    if settings.migration_database_url and settings.auto_migrate:
+        with _blaming_the_migration_url():
+            check_url(settings.migration_database_url)
     with step("install"):
         install(settings)
     with step("wait-db"):
