@@ -107,6 +107,7 @@ def test_replicas_migrate_through_pgbouncer_once_and_leave_no_lock(
     appliers = [err for _, _, err in results if "applied audit_0001" in err]
     waiters = [err for _, _, err in results if "nothing left to apply" in err]
     assert len(appliers) == 1
+    assert "migrating through a connection pooler" in appliers[0]
     assert waiters, "no replica waited for the lock: the test did not exercise it"
     assert all("waiting for the migration lock, held by pid" in err for err in waiters)
     assert _advisory_locks(pg_url) == []  # nothing left on a pooled backend

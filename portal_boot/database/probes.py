@@ -58,7 +58,9 @@ def _libpq_probe(conninfo: str, where: str) -> Callable[[float], None]:
         # libpq's minimum; _within gives up earlier and this thread finishes alone.
         timeout = f" connect_timeout={max(2, math.ceil(seconds))}"
         try:
-            with psycopg.connect(conninfo + timeout, autocommit=True, prepare_threshold=None) as conn:
+            with psycopg.connect(
+                conninfo + timeout, autocommit=True, prepare_threshold=None
+            ) as conn:
                 conn.execute("SELECT 1")
         except psycopg.Error as exc:
             raise judge(exc, where) from None

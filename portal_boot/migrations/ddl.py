@@ -127,6 +127,9 @@ class Guard:
         self.engine = engine
         self.lock_timeout = lock_timeout
         self.backend_pid: int | None = None  # of the current transaction
+        # A pooler answers the connection with a backend pid of its own (PgBouncer:
+        # a random one); a TCP proxy or NAT does not touch it.
+        self.pooled: bool | None = None
         self.last: Blocked | None = None
         self._stop = threading.Event()
 
@@ -149,6 +152,16 @@ class Guard:
         # psycopg begins the transaction with this statement: SET LOCAL, in one trip.
         row = driver.execute(f"SELECT pg_backend_pid(), {calls}", params).fetchone()
         self.backend_pid = row[0] if row else None
+        if self.pooled is None and self.backend_pid is not None:
+            self.pooled = driver.info.backend_pid != self.backend_pid
+            if self.pooled:
+                log.info(
+                    "migrating through a connection pooler (the backend pid it gave, %d, is "
+                    "not the server's, %d): transaction-level lock, no prepared statements, "
+                    "SET LOCAL only",
+                    driver.info.backend_pid,
+                    self.backend_pid,
+                )
 
     @contextlib.contextmanager
     def on(self, conn: Connection) -> Iterator[None]:
