@@ -186,9 +186,18 @@ class Guard:
     def _watch(self) -> None:
         every = min(0.5, max(self.lock_timeout / 4, 0.02))
         try:
-            with self.engine.connect() as conn:
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                driver = conn.connection.driver_connection
+            # psycopg itself, not a pooled SQLAlchemy connection: when the server goes
+            # away, the pool would log its failed reset with a traceback.
+            import psycopg
+
+            from portal_boot.migrations.lock import application_name
+
+            args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
+            kwargs.setdefault("application_name", application_name("migrate"))
+            kwargs.pop("context", None)
+            with psycopg.connect(
+                *args, **kwargs, autocommit=True, prepare_threshold=None
+            ) as driver:
                 while not self._stop.wait(every):
                     pid = self.backend_pid
                     if pid is None:
@@ -247,8 +256,8 @@ def retrying(
             pause = next(schedule)
             log.warning(
                 "%s: %s stayed locked for the lock timeout (%g s, --ddl-lock-timeout) by %s: "
-                "attempt %d of %d rolled back, the application was not held up; again in "
-                "%.1f s",
+                "attempt %d of %d rolled back (queries on it waited at most that long); "
+                "again in %.1f s",
                 name(exc),
                 blocked.what() if blocked else "a lock",
                 guard.lock_timeout,

@@ -70,8 +70,13 @@ def upgrade(
             f"{name(exc)}: {blocked.what() if blocked else 'a lock'} stayed locked by "
             f"{blocked.who() if blocked else 'a session the watcher did not see'} through "
             f"{ddl.ATTEMPTS} attempts of {ddl_lock_timeout:g} s (--ddl-lock-timeout / "
-            "PORTAL_BOOT_DDL_LOCK_TIMEOUT); each was rolled back, nothing of this run is "
-            "applied: end that transaction"
+            "PORTAL_BOOT_DDL_LOCK_TIMEOUT); each was rolled back"
+            + (
+                ", nothing of this run is applied"
+                if not leaving
+                else " (revisions committed before it stay applied)"
+            )
+            + ": end that transaction"
             + (f" (SELECT pg_terminate_backend({pid}))" if pid else "")
             + " or wait until it is over, then run portal-boot migrate again"
         )
