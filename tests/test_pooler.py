@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from boot_support import figure
+from boot_support import figure, until
 from cli_helpers import assert_one_line_failure, portal_boot
 from pgbouncer import PgBouncer, binary
 from pgserver import PgServer, free_port
@@ -148,6 +148,42 @@ def test_a_revision_outside_the_transaction_through_pgbouncer(
     ) == [True]
     assert any("leave the transaction" in err for _, _, err in results)
     assert _advisory_locks(pg_url) == []
+
+
+@pytest.mark.parametrize("lock", ["in-the-transaction", "beside-the-work"])
+def test_kill_9_through_pgbouncer_leaves_no_lock_behind(
+    lock: str, bouncer: PgBouncer, app: Path, tmp_path: Path, pg_url: str, clean_env: dict[str, str]
+) -> None:
+    target = tmp_path / "target"
+    more = {}
+    if lock == "beside-the-work":  # a revision leaves the transaction: a lock transaction
+        more["index_0001.py"] = revision("index_0001", "audit_0002", upgrade=CONCURRENT_INDEX)
+    _audit_plugin(target, **more)
+    pooled = bouncer.url(pg_url)
+    proc = _start(app, pooled, target, clean_env, AUDIT_SLEEP="60")
+    until(lambda: _sleeping(pg_url), 30, "audit_0001's pg_sleep")
+    assert _advisory_locks(pg_url)  # held, through the pooler
+    proc.kill()
+    proc.wait(10)
+    proc.communicate()
+    # PgBouncer closes a server connection whose client left mid-transaction; the
+    # server rolls back and the lock goes with it.
+    until(lambda: not _advisory_locks(pg_url), 10, "the lock to go")
+    again = portal_boot(*migrate_args(app, pooled, "--lock-timeout", "10", target=target), env=clean_env)
+    assert again.returncode == 0, again.stderr
+    assert "waiting for the migration lock" not in again.stderr
+    assert sorted(query(pg_url, "SELECT revision FROM migration_log")) == sorted(
+        ["audit_0001", "audit_0002", *(["index_0001"] if more else [])]
+    )
+    assert _advisory_locks(pg_url) == []
+
+
+def _sleeping(url: str) -> list[int]:
+    return query(
+        url,
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND state = 'active' AND query LIKE 'SELECT pg_sleep(%'",
+    )
 
 
 def test_wait_db_status_and_serve_through_pgbouncer(

@@ -6,8 +6,9 @@ Reading order: :mod:`.apply` (the driver: ``migrate``, waiting for another repli
 migrations, the state for ``status``), :mod:`.at_heads` (the warm path's "nothing to
 do", without Alembic), :mod:`.revisions` and :mod:`.preflight` (the files and the
 checks made before anything is applied), :mod:`.project` and :mod:`.runner` (Alembic
-in-process), :mod:`.lock` (one migrator at a time), :mod:`.placement` (the
-``link``/``copy`` modes).
+in-process), :mod:`.lock` (one migrator at a time), :mod:`.locked` (PostgreSQL's
+upgrade under that lock, through a pooler or not), :mod:`.ddl` (the DDL lock timeout
+and its retries), :mod:`.placement` (the ``link``/``copy`` modes).
 """
 
 from __future__ import annotations

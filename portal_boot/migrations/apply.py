@@ -2,7 +2,8 @@
 
 A run: read the revision files (application + enabled plugins) and check them
 (:mod:`portal_boot.migrations.preflight`); read the database's revisions; if anything is
-pending, take the lock (:mod:`portal_boot.migrations.lock`), place the plugin files in the
+pending, take the lock (:mod:`portal_boot.migrations.lock`; on PostgreSQL inside the
+upgrade's transaction, :mod:`portal_boot.migrations.locked`), place the plugin files in the
 ``link``/``copy`` modes, read the revisions again (a replica that held the lock
 may have done everything), and upgrade to all heads, in one transaction where
 the database and the application's ``env.py`` allow it
@@ -158,7 +159,7 @@ def upgrade(
                     work=work,
                     lock_timeout=lock_timeout,
                     ddl_lock_timeout=ddl_lock_timeout,
-                    name=lambda exc: _name(project, exc, placed),
+                    name=lambda exc: runner.failed_name(exc, project, placed),
                 )  # fmt: skip
             else:
                 with migration_lock(engine.url, timeout=lock_timeout):
@@ -332,12 +333,6 @@ def _resolve(project: Project, target: str) -> str:
             "(give a revision id, LABEL@base, LABEL@head, heads or base)"
         )
     return found.revision
-
-
-def _name(project: Project, exc: BaseException, placed: dict[Path, RevisionFile]) -> str:
-    """The revision an error of the upgrade came from, for a message."""
-    failed = runner.failed_file(exc, project, placed)
-    return f"revision {failed.revision} ({failed.owner})" if failed else "the upgrade"
 
 
 def _log_changes(project: Project, before: Sequence[str], after: Sequence[str]) -> None:

@@ -134,6 +134,12 @@ def failed_file(
     return failed
 
 
+def failed_name(exc: BaseException, project: Project, placed: dict[Path, RevisionFile]) -> str:
+    """The revision an error of the upgrade came from, for a message."""
+    failed = failed_file(exc, project, placed)
+    return f"revision {failed.revision} ({failed.owner})" if failed else "the upgrade"
+
+
 def _failure(
     exc: Exception, project: Project, conn: Connection, placed: dict[Path, RevisionFile]
 ) -> MigrationError:
