@@ -232,6 +232,13 @@ def test_statement_pooling_is_refused_in_one_line(
     )
     assert direct.returncode == 0, direct.stderr
     assert query(pg_url, "SELECT version_num FROM alembic_version") == ["core_0002"]
+    # migrate needs no other URL, and never shows that one's password, even at debug level.
+    alone = portal_boot(
+        "migrate", "--alembic-config", str(app), "--target", str(tmp_path / "t"),
+        env={**clean_env, "PORTAL_BOOT_MIGRATION_DATABASE_URL": pg_url, "PORTAL_BOOT_LOG_LEVEL": "debug"},
+    )  # fmt: skip
+    assert alone.returncode == 0, alone.stderr
+    assert pg_server.password not in alone.stdout + alone.stderr
 
 
 # --- the DDL lock timeout --------------------------------------------------------
@@ -325,3 +332,34 @@ def test_ddl_on_a_table_that_stays_busy_fails_with_status_6_naming_the_blocker(
         pg_url, "SELECT column_name FROM information_schema.columns WHERE table_name = 'data_products'"
     )
     assert _advisory_locks(pg_url) == []
+
+
+def test_ddl_lock_timeout_0_waits_as_long_as_it_takes(
+    app: Path, tmp_path: Path, pg_url: str, clean_env: dict[str, str]
+) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    assert portal_boot(*migrate_args(app, pg_url, target=target), env=clean_env).returncode == 0
+    install_plugin(target, "note_plugin", {
+        "note_0001.py": revision("note_0001", None, labels=["note"], depends_on="core_0002", upgrade=ADD_COLUMN),
+    })  # fmt: skip
+    holder = _busy_table(pg_url)
+    try:
+        proc = _start(app, pg_url, target, clean_env, "--ddl-lock-timeout", "0")
+        # Queued for the table's lock, with no timeout of its own (0: off).
+        until(
+            lambda: query(
+                pg_url,
+                "SELECT pid FROM pg_locks WHERE relation = 'data_products'::regclass "
+                "AND mode = 'AccessExclusiveLock' AND NOT granted",
+            ),
+            30, "the ALTER TABLE to queue",
+        )  # fmt: skip
+        holder.commit()
+        code = proc.wait(60)
+        _, stderr = proc.communicate()
+    finally:
+        holder.close()
+    assert code == 0, stderr
+    assert "rolled back" not in stderr
+    assert "applied note_0001" in stderr
