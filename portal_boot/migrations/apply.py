@@ -155,7 +155,9 @@ def upgrade(
             if engine.dialect.name == "postgresql":
                 changes = locked_upgrade(
                     engine, conn,
-                    files=[f.path for f in project.files],
+                    # Those that may run: the pending ones, or any for --to.
+                    files=[project.graph.files[r].path for r in pending_before]
+                    if to is None else [f.path for f in project.files],
                     work=work,
                     lock_timeout=lock_timeout,
                     ddl_lock_timeout=ddl_lock_timeout,
