@@ -7,9 +7,10 @@ them, so a command pays only for what it uses.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from portal_boot.logs import step
@@ -121,10 +122,14 @@ def migrate(
 
     plugins = enabled_plugins(settings)
     # As given, async or sync: a database at the heads is noticed without SQLAlchemy,
-    # which makes the sync URL only when Alembic runs.
-    url = settings.require_database_url()
-    if wait and not sql:
-        wait_db(settings)
+    # which makes the sync URL only when Alembic runs. A direct URL for migrations
+    # (past a pooler), when one is given, is waited for too, even right after wait-db.
+    url = settings.migration_database_url or settings.require_database_url()
+    if not sql and (wait or url != settings.database_url):
+        from portal_boot.database import wait_for_database
+
+        with _blaming_the_migration_url(url != settings.database_url):
+            wait_for_database(url, timeout=settings.db_timeout)
     migrations.migrate(settings, plugins, url=url, sql=sql, to=to, remove=remove)
 
 
@@ -138,6 +143,27 @@ def alembic(settings: Settings, argv: Sequence[str]) -> None:
     if parse(argv) is None:  # Alembic printed its help: needs no database
         return
     migrations.alembic(settings, enabled_plugins(settings), url=sync_url(settings), argv=argv)
+
+
+@contextlib.contextmanager
+def _blaming_the_migration_url(blame: bool = True) -> Iterator[None]:
+    """Errors about PORTAL_BOOT_MIGRATION_DATABASE_URL name it, not the database URL."""
+    from portal_boot.database.verdicts import FIX_URL
+    from portal_boot.errors import BootError
+
+    try:
+        yield
+    except BootError as exc:
+        if not blame:
+            raise
+        hint = "--migration-database-url / PORTAL_BOOT_MIGRATION_DATABASE_URL"
+        message = str(exc)
+        message = (
+            message.replace(FIX_URL, hint)
+            if FIX_URL in message
+            else f"the migration database URL ({hint}): {message}"
+        )
+        raise type(exc)(message) from None
 
 
 def serve(
@@ -167,6 +193,9 @@ def run(settings: Settings, *, uvicorn_args: Sequence[str] = ()) -> NoReturn:
     from portal_boot.database import check_url
 
     check_url(settings.require_database_url())
+    if settings.migration_database_url and settings.auto_migrate:
+        with _blaming_the_migration_url():
+            check_url(settings.migration_database_url)
     with step("install"):
         install(settings)
     with step("wait-db"):

@@ -45,6 +45,8 @@ def _common_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--auto-migrate/--no-auto-migrate", default=None, help="Whether run migrates. [AUTO_RUN_PLUGIN_MIGRATIONS]"),
         click.option("--db-timeout", help="Seconds to wait for the database (60). [PORTAL_BOOT_DB_TIMEOUT]"),
         click.option("--lock-timeout", help="Seconds to wait for the migration lock (300). [PORTAL_BOOT_LOCK_TIMEOUT]"),
+        click.option("--ddl-lock-timeout", help="Seconds a migration statement waits for a table lock before the upgrade is retried (5; 0: off). [PORTAL_BOOT_DDL_LOCK_TIMEOUT]"),
+        click.option("--migration-database-url", help="A direct (not pooled) URL used only by migrate; default: the database URL. [PORTAL_BOOT_MIGRATION_DATABASE_URL, *_FILE]"),
         click.option("--app", help="ASGI app (app.main:app). [PORTAL_BOOT_APP]"),
         click.option("--host", help="Listen address (0.0.0.0). [PORTAL_BOOT_HOST]"),
         click.option("--port", help="Listen port (8000). [PORTAL_BOOT_PORT]"),
@@ -61,7 +63,7 @@ def _common_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "database_url", "wheel_dir", "requirements", "target", "trusted_keys",
             "trusted_fingerprints", "signatures", "alembic_config", "migrations_mode",
             "entry_point_group", "enabled_plugins", "auto_migrate", "db_timeout",
-            "lock_timeout", "app", "host", "port", "log_format", "log_level",
+            "lock_timeout", "ddl_lock_timeout", "migration_database_url", "app", "host", "port", "log_format", "log_level",
         }  # fmt: skip
         flag_names.add("no_plugins")
         flags = {name: kwargs.pop(name) for name in flag_names}
@@ -77,7 +79,7 @@ def _settings(flags: dict[str, Any]) -> Settings:
     _current["settings"] = settings
     from portal_boot.dburl import secrets_of
 
-    for url in (settings.database_url, *_index_urls(settings)):
+    for url in (settings.database_url, settings.migration_database_url, *_index_urls(settings)):
         for secret in secrets_of(url or ""):
             logs.add_secret(secret)
     from portal_boot.dburl import password_warning

@@ -38,6 +38,9 @@ class Settings:
     entry_point_group: str = DEFAULT_ENTRY_POINT_GROUP
     db_timeout: float = 60.0
     lock_timeout: float = 300.0
+    # The upgrade transaction's lock_timeout (0: off), and a URL only migrate uses.
+    ddl_lock_timeout: float = 5.0
+    migration_database_url: str | None = None
     app: str = "app.main:app"
     host: str = "0.0.0.0"
     port: int = 8000
@@ -143,6 +146,17 @@ def _seconds(raw: str, where: str) -> float:
     return value
 
 
+def _seconds_or_off(raw: str, where: str) -> float:
+    """Seconds, or 0 for "off"."""
+    try:
+        value = float(_text(raw, where))
+    except ValueError:
+        raise UsageError(f"{where}={raw!r} is not a number of seconds (0: off)") from None
+    if not value >= 0 or value == float("inf"):
+        raise UsageError(f"{where}={raw!r} must be a number of seconds, 0 or more (0: off)")
+    return value
+
+
 def _port(raw: str, where: str) -> int:
     try:
         value = int(_text(raw, where))
@@ -230,6 +244,18 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("db_timeout", "--db-timeout", ("PORTAL_BOOT_DB_TIMEOUT",), _seconds),
     Option("lock_timeout", "--lock-timeout", ("PORTAL_BOOT_LOCK_TIMEOUT",), _seconds),
+    Option(
+        "ddl_lock_timeout",
+        "--ddl-lock-timeout",
+        ("PORTAL_BOOT_DDL_LOCK_TIMEOUT",),
+        _seconds_or_off,
+    ),
+    Option(
+        "migration_database_url",
+        "--migration-database-url",
+        ("PORTAL_BOOT_MIGRATION_DATABASE_URL",),
+        _text,
+    ),
     Option("app", "--app", ("PORTAL_BOOT_APP",), _app),
     Option("host", "--host", ("PORTAL_BOOT_HOST",), _text),
     Option("port", "--port", ("PORTAL_BOOT_PORT",), _port),

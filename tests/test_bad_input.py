@@ -232,6 +232,7 @@ GARBAGE = {
     # variable: (value, words of the error line)
     "PORTAL_BOOT_DB_TIMEOUT": ("1e999", "positive number"),
     "PORTAL_BOOT_LOCK_TIMEOUT": ("nan", "positive number"),
+    "PORTAL_BOOT_DDL_LOCK_TIMEOUT": ("-1", "0 or more"),
     "PORTAL_BOOT_PORT": ("80 80", "not a port"),
     "PORTAL_BOOT_SIGNATURES": ("required", "require, off"),
     "PORTAL_BOOT_MIGRATIONS_MODE": ("symlink", "locations, link, copy"),
@@ -459,3 +460,11 @@ def test_what_only_uvicorn_finds_does_not_exit_with_a_portal_boot_status(
     assert result.returncode == 2, (result.returncode, result.stderr)
     last = result.stderr.rstrip("\n").splitlines()[-1]
     assert last.startswith("portal-boot: ") and option in last, result.stderr
+
+
+def test_run_with_a_bad_migration_database_url_names_it_before_any_work(world) -> None:
+    env = {**world["env"], "PORTAL_BOOT_MIGRATION_DATABASE_URL": "postgresql+nosuchdriver://u@db/p"}
+    _all_refused(
+        world,
+        [("migration URL", env, ("PORTAL_BOOT_MIGRATION_DATABASE_URL", "unknown database driver"))],
+    )

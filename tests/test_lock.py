@@ -110,6 +110,7 @@ def test_eight_replicas_at_once_apply_each_revision_once(
     assert query(pg_url, "SELECT version_num FROM alembic_version") == ["audit_0002"]
     appliers = [err for _, _, err in results if "applied audit_0001" in err]
     assert len(appliers) == 1
+    assert "through a connection pooler" not in appliers[0]  # a direct connection
     waiters = [err for _, _, err in results if "nothing left to apply" in err]
     assert waiters, "no replica waited for the lock: the test did not exercise it"
     assert all("waiting for the migration lock, held by pid" in err for err in waiters)

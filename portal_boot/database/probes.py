@@ -40,6 +40,11 @@ def _application_name(parsed: Components) -> dict[str, str]:
     return {} if "application_name" in parsed.query else {"application_name": "portal-boot wait-db"}
 
 
+# prepare_threshold=None: no server-side prepared statements, so a transaction
+# pooler (PgBouncer's transaction mode) never hands another client a backend that
+# holds one of ours.
+
+
 def _libpq_probe(conninfo: str, where: str) -> Callable[[float], None]:
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
@@ -53,7 +58,9 @@ def _libpq_probe(conninfo: str, where: str) -> Callable[[float], None]:
         # libpq's minimum; _within gives up earlier and this thread finishes alone.
         timeout = f" connect_timeout={max(2, math.ceil(seconds))}"
         try:
-            with psycopg.connect(conninfo + timeout, autocommit=True) as conn:
+            with psycopg.connect(
+                conninfo + timeout, autocommit=True, prepare_threshold=None
+            ) as conn:
                 conn.execute("SELECT 1")
         except psycopg.Error as exc:
             raise judge(exc, where) from None
@@ -107,7 +114,7 @@ def _psycopg_probe(dialect: object, url: URL, where: str) -> Callable[[float], N
         # libpq's minimum; _within gives up earlier and this thread finishes alone.
         conninfo = make_conninfo("", **{**params, "connect_timeout": max(2, math.ceil(seconds))})
         try:
-            with psycopg.connect(conninfo, autocommit=True) as conn:
+            with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
                 conn.execute("SELECT 1")
         except psycopg.Error as exc:
             raise judge(exc, where) from None

@@ -8,8 +8,9 @@ do", without Alembic), :mod:`.revisions` and :mod:`.preflight` (the files and th
 checks made before anything is applied), :mod:`.project` and :mod:`.runner` (Alembic
 in-process: steps planned, checked, then run), :mod:`.landing` (the database checked
 is the database migrated), :mod:`.removal` (``--remove``: one plugin's revisions and
-nothing else), :mod:`.lock` (one migrator at a time), :mod:`.placement` (the
-``link``/``copy`` modes).
+nothing else), :mod:`.lock` (one migrator at a time), :mod:`.locked` (PostgreSQL's
+upgrade under that lock, through a pooler or not), :mod:`.ddl` (the DDL lock timeout
+and its retries), :mod:`.placement` (the ``link``/``copy`` modes).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def migrate(
         url=url,
         db_timeout=settings.db_timeout,
         lock_timeout=settings.lock_timeout,
+        ddl_lock_timeout=settings.ddl_lock_timeout,
         sql=sql,
         to=to,
         remove=remove,

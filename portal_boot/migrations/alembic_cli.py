@@ -161,15 +161,28 @@ def _revision_folders(project: Project) -> str:
 
 @contextlib.contextmanager
 def _locked(url: str, timeout: float) -> Iterator[None]:
+    """The migration lock for one Alembic command. PostgreSQL: the transaction-level
+    lock, held by a transaction of its own on a connection beside Alembic's (as for
+    revisions that leave the transaction, migrations/locked.py), so it lives exactly
+    as long as the command and dies with the process, through a pooler too."""
+    from sqlalchemy import text
+
     from portal_boot.migrations.apply import _connect, _engine
+    from portal_boot.migrations.lock import take_xact_lock
 
     engine = _engine(url, purpose="alembic")
     try:
-        with contextlib.ExitStack() as stack:
-            conn = None
-            if engine.dialect.name == "postgresql":
-                conn = stack.enter_context(_connect(engine, autocommit=True))
-            stack.enter_context(migration_lock(conn, engine.url, timeout=timeout))
-            yield
+        if engine.dialect.name != "postgresql":
+            with migration_lock(engine.url, timeout=timeout):
+                yield
+            return
+        with _connect(engine) as lock_conn:
+            take_xact_lock(lock_conn, timeout)
+            lock_conn.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):
+                    lock_conn.rollback()  # releases the lock
     finally:
         engine.dispose()

@@ -2,7 +2,8 @@
 
 A run: read the revision files (application + enabled plugins) and check them
 (:mod:`portal_boot.migrations.preflight`); read the database's revisions; if anything is
-pending, take the lock (:mod:`portal_boot.migrations.lock`), place the plugin files in the
+pending, take the lock (:mod:`portal_boot.migrations.lock`; on PostgreSQL inside the
+upgrade's transaction, :mod:`portal_boot.migrations.locked`), place the plugin files in the
 ``link``/``copy`` modes, read the revisions again (a replica that held the lock
 may have done everything), and upgrade to all heads, in one transaction where
 the database and the application's ``env.py`` allow it
@@ -18,12 +19,15 @@ import random
 import re
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from portal_boot.errors import DatabaseError, MigrationError, UsageError
 from portal_boot.logs import summarise
-from portal_boot.migrations import at_heads, environment_runs, environments, preflight, runner
+from portal_boot.migrations import at_heads, ddl, environment_runs, environments, preflight, runner
 from portal_boot.migrations.lock import application_name, migration_lock
+from portal_boot.migrations.locked import pooler_problem
+from portal_boot.migrations.locked import upgrade as locked_upgrade
 from portal_boot.migrations.project import (
     Project,
     current_revisions,
@@ -32,6 +36,7 @@ from portal_boot.migrations.project import (
     place_files,
 )
 from portal_boot.migrations.project import load as load_project
+from portal_boot.migrations.revisions import RevisionFile
 from portal_boot.migrations.sources import Sources
 from portal_boot.plugins import Plugin
 
@@ -77,6 +82,7 @@ def upgrade(
     sql: bool = False,
     to: str | None = None,
     remove: str | None = None,
+    ddl_lock_timeout: float = 0.0,
 ) -> None:
     """Apply the core and plugin migrations: to all heads, or up or down to ``to``;
     or, with ``remove``, revert exactly that plugin's revisions
@@ -129,7 +135,7 @@ def upgrade(
     engine = _engine(url)
     try:
         with _database_errors(_where(url)), contextlib.ExitStack() as stack:
-            conn = stack.enter_context(_connect(engine, migrating=True))
+            conn = stack.enter_context(_connect(engine))
             current = current_revisions(conn)
             preflight.check_database(project.graph, current, others=project.others)
             pending_before = project.graph.pending(current) + environment_runs.pending_names(
@@ -138,41 +144,69 @@ def upgrade(
             if plain and not pending_before and files_in_place(project):
                 log.info("database at the heads (%s): nothing to apply", ", ".join(current))
                 return
-            lock_conn = None
+            placed: dict[Path, RevisionFile] = {}
+            # Plugins with their own environment commit one transaction each: the lock
+            # then needs a transaction of its own, beside the work (locked.py).
+            own_work = bool(envs) and (plain or own is not None)
+
+            def work(conn: Connection, locked: bool) -> tuple[tuple[str, ...], ...] | None:
+                nonlocal placed
+                placed = place_files(project)
+                if own is not None:  # --to NAME@base / NAME@heads of an own environment
+                    environment_runs.run_target(*own, url, conn, sources.target)
+                    return None
+                # Again, now that we hold the lock: a replica that held it before us
+                # may have applied everything.
+                current = current_revisions(conn, keep_transaction=locked)
+                preflight.check_database(project.graph, current, others=project.others)
+                if plain and not project.graph.pending(current):
+                    if environment_runs.upgrade_all(envs, url, conn, sources.target):
+                        return None
+                    if pending_before:
+                        log.info(
+                            "nothing left to apply: another process brought the database "
+                            "to the heads"
+                        )
+                    else:  # the lock was only needed for the versions folder
+                        log.info(
+                            "database at the heads (%s): nothing to apply", ", ".join(current)
+                        )
+                    return None
+                with runner.session(project, url, placed=placed) as session:
+                    steps, destination = _steps(project, session, current, to, remove)
+                    if steps is None:
+                        return None
+                    session.execute(
+                        conn, steps, current, destination=destination,
+                        commit=not locked, passthrough=ddl.lock_not_available,
+                    )  # fmt: skip
+                changes = current, current_revisions(conn, keep_transaction=locked)
+                if plain and envs:  # then the plugins with their own environment, each committed
+                    _log_changes(project, *changes)
+                    environment_runs.upgrade_all(envs, url, conn, sources.target)
+                    return None
+                return changes
+
             if engine.dialect.name == "postgresql":
-                lock_conn = stack.enter_context(_connect(engine, autocommit=True))
-            stack.enter_context(
-                migration_lock(lock_conn, engine.url, timeout=lock_timeout)
-            )
-            placed = place_files(project)
-            if own is not None:  # --to NAME@base / NAME@heads of an own environment
-                environment_runs.run_target(*own, url, conn, sources.target)
-                return
-            # Again, now that we hold the lock: a replica that held it before us
-            # may have applied everything.
-            current = current_revisions(conn)
-            preflight.check_database(project.graph, current, others=project.others)
-            if plain and not project.graph.pending(current):
-                if environment_runs.upgrade_all(envs, url, conn, sources.target):
-                    return
-                if pending_before:
-                    log.info(
-                        "nothing left to apply: another process brought the database to the heads"
-                    )
-                else:  # the lock was only needed for the versions folder
-                    log.info("database at the heads (%s): nothing to apply", ", ".join(current))
-                return
-            with runner.session(project, url, placed=placed) as session:
-                steps, destination = _steps(project, session, current, to, remove)
-                if steps is None:
-                    return
-                session.execute(conn, steps, current, destination=destination)
-            _log_changes(project, current, current_revisions(conn))
-            if plain:  # then the plugins with their own environment, each committed
-                environment_runs.upgrade_all(envs, url, conn, sources.target)
+                changes = locked_upgrade(
+                    engine, conn,
+                    # Those that may run: the pending ones, or any for --to / --remove.
+                    files=[project.graph.files[r].path for r in project.graph.pending(current)]
+                    if plain else [f.path for f in project.files],
+                    work=work,
+                    lock_timeout=lock_timeout,
+                    ddl_lock_timeout=ddl_lock_timeout,
+                    name=lambda exc: runner.failed_name(exc, project, placed),
+                    separate="plugins with their own Alembic environment commit their own "
+                    "transactions" if own_work else None,
+                )  # fmt: skip
+            else:
+                with migration_lock(engine.url, timeout=lock_timeout):
+                    changes = work(conn, False)
+            if changes:
+                _log_changes(project, *changes)
     finally:
         engine.dispose()
-
 
 def wait_until_at_heads(
     sources: Sources, plugins: Sequence[Plugin], *, url: str, timeout: float
@@ -417,31 +451,22 @@ def _engine(url: str, purpose: str = "migrate") -> Engine:
     connect_args: dict[str, Any] = {}
     if parsed.get_backend_name() == "postgresql" and "application_name" not in parsed.query:
         connect_args["application_name"] = application_name(purpose)
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg":
+        # No server-side prepared statements: through a transaction pooler they stay
+        # on a backend other clients get next ("_pg3_0 already exists").
+        connect_args["prepare_threshold"] = None
     # NullPool: every connection is really closed when released, none outlives the step.
     return create_engine(parsed, poolclass=pool.NullPool, connect_args=connect_args)
 
 
 @contextlib.contextmanager
-def _connect(
-    engine: Engine, *, autocommit: bool = False, migrating: bool = False
-) -> Iterator[Connection]:
+def _connect(engine: Engine) -> Iterator[Connection]:
+    # No session state (SET) on it: through a transaction pooler it would stay on a
+    # backend other clients get. What the upgrade needs is SET LOCAL (migrations.ddl).
     where = _where(engine.url.render_as_string(hide_password=False))
     with _database_errors(where):
         conn = engine.connect()
     try:
-        with _database_errors(where):
-            if autocommit:
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            elif (
-                migrating
-                and engine.dialect.name == "postgresql"
-                and ((engine.dialect.server_version_info or (0,)) >= (14,))
-            ):
-                # If portal-boot dies (kill -9) mid-statement, the server checks
-                # the socket every second and aborts, instead of running the
-                # statement to its end with the locks it holds.
-                conn.exec_driver_sql("SET client_connection_check_interval = 1000")
-                conn.commit()
         yield conn
     finally:
         conn.close()
@@ -461,6 +486,9 @@ def _database_errors(where: str = "") -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
+        pooler = pooler_problem(str(exc.orig or exc))
+        if pooler is not None:
+            raise pooler from None
         at = f" at {where}" if where else ""
         raise DatabaseError(
             f"the database{at} failed: {first_line(exc)}: check that it is up and that "

@@ -263,7 +263,8 @@ def _postgresql(
         raise Undecided("the URL needs SQLAlchemy's dialect to connect")
     found = []
     try:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
+        # No prepared statements: they would outlive this session on a pooled backend.
+        with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
             for schema, name in tables:
                 where = sql.Identifier(*([schema] if schema else []), name)
                 try:

@@ -1,11 +1,15 @@
 """The cross-replica migration lock: only one process migrates at a time.
 
-PostgreSQL: a session-level advisory lock, key :data:`LOCK_KEY`, on a connection
-of its own, taken by polling ``pg_try_advisory_lock`` with jitter until the
-deadline. Never the blocking ``pg_advisory_lock``: a waiter blocked in it holds a
-snapshot that makes the holder's ``CREATE INDEX CONCURRENTLY`` wait for it, a
-deadlock no timeout on our side would end. Being session-level, the lock goes away
-with its connection, however the holder dies.
+PostgreSQL: a transaction-level advisory lock, key :data:`LOCK_KEY`, taken by
+polling ``pg_try_advisory_xact_lock`` with jitter until the deadline, inside the
+transaction it guards (:func:`take_xact_lock`). It lives exactly as long as that
+transaction: commit, rollback, a lost connection or a dead client end it, and a
+transaction pooler (PgBouncer's transaction mode) keeps a client on one backend for
+the length of a transaction, so it works through one too; a session-level lock
+would stay behind on a pooled backend no client owns. Never the blocking
+``pg_advisory_xact_lock``: a waiter blocked in it holds a snapshot that makes the
+holder's ``CREATE INDEX CONCURRENTLY`` wait for it, a deadlock no timeout on our side
+would end; a waiter rolls back between polls and holds nothing.
 
 SQLite: an exclusive ``flock`` on a file beside the database file; the kernel
 releases it when the holder dies. Other databases: no lock (a warning says so).
@@ -73,18 +77,13 @@ def _intervals() -> Iterator[float]:
 
 
 @contextlib.contextmanager
-def migration_lock(conn: Connection | None, url: URL, *, timeout: float) -> Iterator[None]:
-    """Hold the migration lock for the duration of the block.
-
-    ``conn`` is a dedicated PostgreSQL connection in autocommit mode (``None`` for
-    other databases). Raises LockTimeout (status 7) after ``timeout`` seconds.
-    """
+def migration_lock(url: URL, *, timeout: float) -> Iterator[None]:
+    """Hold the migration lock of a database other than PostgreSQL for the duration
+    of the block (PostgreSQL's lives in a transaction: :func:`take_xact_lock`).
+    Raises LockTimeout (status 7) after ``timeout`` seconds."""
     backend = url.get_backend_name()
-    if backend == "postgresql":
-        assert conn is not None
-        with _advisory_lock(conn, timeout):
-            yield
-    elif backend == "sqlite":
+    assert backend != "postgresql", "PostgreSQL's lock is take_xact_lock"
+    if backend == "sqlite":
         with _sqlite_lock(url, timeout):
             yield
     else:
@@ -100,19 +99,27 @@ def migration_lock(conn: Connection | None, url: URL, *, timeout: float) -> Iter
 # --- PostgreSQL ------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _advisory_lock(conn: Connection, timeout: float) -> Iterator[None]:
+def take_xact_lock(conn: Connection, timeout: float) -> None:
+    """Take the migration lock in a new transaction on ``conn`` and leave that
+    transaction open: the lock is released when it ends. Between polls the attempt
+    is rolled back, so a waiter holds no transaction. Raises LockTimeout (status 7)
+    after ``timeout`` seconds, naming the holder."""
     from sqlalchemy import text
 
+    if conn.in_transaction():
+        conn.rollback()
     deadline = time.monotonic() + timeout
     started = time.monotonic()
     next_report = started
     holder: dict[str, Any] | None = None
     for pause in _intervals():
-        if conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY}).scalar():
+        if conn.execute(
+            text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": LOCK_KEY}
+        ).scalar():
             break
-        now = time.monotonic()
         holder = _holder(conn)
+        conn.rollback()
+        now = time.monotonic()
         if now >= deadline:
             raise LockTimeout(
                 f"the migration lock was not free within {timeout:g} s: held by "
@@ -129,13 +136,23 @@ def _advisory_lock(conn: Connection, timeout: float) -> Iterator[None]:
         log.info("migration lock taken after %.1f s", waited)
     else:
         log.debug("migration lock taken")
-    try:
-        yield
-    finally:
-        # Closing the connection would release it too; unlocking first says so
-        # explicitly and keeps the order of events in the server log readable.
-        with contextlib.suppress(Exception):
-            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
+
+
+def holds_xact_lock(conn: Connection) -> bool:
+    """Whether ``conn``'s transaction still holds the migration lock (a revision that
+    committed on its own, or a connection the pooler or server closed, lost it)."""
+    from sqlalchemy import text
+
+    return bool(
+        conn.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
+                "AND pid = pg_backend_pid() AND granted AND classid = :classid "
+                "AND objid = :objid AND objsubid = 1)"
+            ),
+            {"classid": (LOCK_KEY >> 32) & 0xFFFFFFFF, "objid": LOCK_KEY & 0xFFFFFFFF},
+        ).scalar()
+    )
 
 
 def _holder(conn: Connection) -> dict[str, Any] | None:

@@ -154,8 +154,10 @@ def place_files(project: Project) -> dict[Path, RevisionFile]:
     return {}
 
 
-def current_revisions(conn: Connection) -> tuple[str, ...]:
-    """The rows of the version table (empty when it does not exist yet)."""
+def current_revisions(conn: Connection, *, keep_transaction: bool = False) -> tuple[str, ...]:
+    """The rows of the version table (empty when it does not exist yet). The
+    transaction is rolled back after, unless ``keep_transaction`` (it holds the
+    migration lock)."""
     from sqlalchemy import inspect, text
 
     try:
@@ -165,7 +167,7 @@ def current_revisions(conn: Connection) -> tuple[str, ...]:
         return tuple(sorted(rows))
     finally:
         # Leave no transaction open: env.py must start its own on this connection.
-        if conn.in_transaction():
+        if not keep_transaction and conn.in_transaction():
             conn.rollback()
 
 

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -96,15 +96,21 @@ def run(
     target: str,
     *,
     placed: dict[Path, RevisionFile],
+    commit: bool = True,
+    passthrough: Callable[[BaseException], bool] | None = None,
 ) -> None:
-    """Run ``alembic <command_name> <target>`` on ``conn`` and commit: the steps as
-    Alembic plans them, checked to land on the database portal-boot reads. Raises
-    MigrationError naming the failed revision; lets Terminated through."""
+    """Run ``alembic <command_name> <target>`` on ``conn`` and commit (unless
+    ``commit`` is false: the caller owns the transaction): the steps as Alembic plans
+    them, checked to land on the database portal-boot reads. Raises MigrationError
+    naming the failed revision; lets Terminated through, and the errors
+    ``passthrough`` picks (the caller retries those)."""
     log.info("%s to %s", command_name, target)
     with session(project, url, placed=placed) as loaded:
-        current = current_revisions(conn)
+        current = current_revisions(conn, keep_transaction=not commit)
         steps = loaded.plan(command_name, target, current)
-        loaded.execute(conn, steps, current, destination=target)
+        loaded.execute(
+            conn, steps, current, destination=target, commit=commit, passthrough=passthrough
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +174,8 @@ class Session:
         current: Sequence[str],
         *,
         destination: str | None,
+        commit: bool = True,
+        passthrough: Callable[[BaseException], bool] | None = None,
     ) -> None:
         """Run exactly ``steps`` through the application's env.py, on ``conn`` when
         env.py takes it; then read the versions again on ``conn`` and check they are
@@ -200,7 +208,7 @@ class Session:
                 self.config, script, fn=fn, as_sql=False, destination_rev=destination
             ):
                 script.run_env()
-            if conn.in_transaction():  # an env.py that left its transaction to us
+            if commit and conn.in_transaction():  # an env.py that left its transaction to us
                 conn.commit()
         except MigrationError:
             with contextlib.suppress(Exception):
@@ -208,10 +216,16 @@ class Session:
             raise
         except Exception as exc:
             reraise_termination(exc)
+            if passthrough is not None and passthrough(exc):
+                raise
             log.debug("migration failed", exc_info=True)
             raise _failure(exc, self.project, conn, self.placed) from None
         landing.check_landed(
-            self.project.graph, current, steps, current_revisions(conn), where
+            self.project.graph,
+            current,
+            steps,
+            current_revisions(conn, keep_transaction=not commit),
+            where,
         )
 
 
@@ -274,6 +288,12 @@ def failed_revision(
         failed = file or failed
         tb = tb.tb_next
     return failed
+
+
+def failed_name(exc: BaseException, project: Project, placed: dict[Path, RevisionFile]) -> str:
+    """The revision an error of the upgrade came from, for a message."""
+    failed = failed_revision(exc, project.files, placed)
+    return f"revision {failed.revision} ({failed.owner})" if failed else "the upgrade"
 
 
 def _failure(

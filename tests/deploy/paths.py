@@ -22,7 +22,7 @@ GENERIC_VARIABLES = {"PATH", "HOME", "TMPDIR", "PYTHONUNBUFFERED", "PYTHONDONTWR
 # the CLI by other work (issue 13: a direct URL for migrations behind a pooler; issue 12:
 # the health path). The chart sets them only when the matching value is given. Remove a
 # name here once portal_boot/settings.py has it.
-UPCOMING_VARIABLES = {"PORTAL_BOOT_MIGRATION_DATABASE_URL"}
+UPCOMING_VARIABLES: set[str] = set()
 # Options (each taking one value) the deployment guide may use before the CLI has them:
 # `portal-boot migrate --remove PLUGIN` (issue 11, the safe removal of one plugin's
 # revisions). The drift check leaves them out while the command lacks them, and checks them
