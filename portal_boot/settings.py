@@ -9,19 +9,29 @@ reads ``os.environ``: children get ``settings.environ`` (a copy) explicitly.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from portal_boot.errors import UsageError
+from portal_boot.values import (
+    as_app,
+    as_bool,
+    as_choice,
+    as_fingerprints,
+    as_list,
+    as_log_level,
+    as_path,
+    as_port,
+    as_requirements,
+    as_seconds,
+    as_seconds_or_off,
+    as_text,
+)
 
 DEFAULT_ENTRY_POINT_GROUP = "data_product_portal.plugins"
 DEFAULT_TARGET = "/var/lib/portal-boot/plugins"
-
-_TRUE = {"1", "true", "yes", "on", "y", "t"}
-_FALSE = {"0", "false", "no", "off", "n", "f"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,148 +74,6 @@ class Settings:
         return self.database_url
 
 
-# --- value parsers: each takes the raw string and the name to blame ---------------
-
-
-def _text(raw: str, where: str) -> str:
-    value = raw.strip()
-    if not value:
-        raise UsageError(f"{where} is empty: give it a value or unset it")
-    return value
-
-
-def _path(raw: str, where: str) -> Path:
-    value = _text(raw, where)
-    if "\0" in value:
-        raise UsageError(f"{where} holds a NUL character: give a plain path")
-    try:
-        return Path(value).expanduser()
-    except RuntimeError:  # "~someone" for a user that does not exist
-        raise UsageError(f"{where}={raw!r}: cannot expand '~': give an absolute path") from None
-
-
-def _bool(raw: str, where: str) -> bool:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise UsageError(f"{where}={raw!r} is not a boolean: use true/false, 1/0 or yes/no")
-
-
-def _json_list(raw: str, where: str) -> tuple[str, ...] | None:
-    """A JSON list of strings (``'["a", "b"]'``, as applications parse ENABLED_PLUGINS
-    with pydantic), or None when ``raw`` is not one. Malformed JSON starting with '['
-    is a usage error: it was meant as JSON."""
-    value = raw.strip()
-    if not value.startswith("["):
-        return None
-    import json
-
-    try:
-        items = json.loads(value)
-    except ValueError as exc:
-        raise UsageError(
-            f"{where} starts with '[' but is not a JSON list ({exc.msg} at character "
-            f"{exc.pos + 1}): write a JSON list of strings ('[\"a\", \"b\"]') or a "
-            "comma-separated list (a,b)"
-        ) from None
-    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
-        raise UsageError(
-            f"{where} is JSON but not a list of strings: write '[\"a\", \"b\"]' or a,b"
-        )
-    return tuple(item.strip() for item in items if item.strip())
-
-
-def _list(raw: str, where: str) -> tuple[str, ...]:
-    # A JSON list of strings, or commas with optional spaces; newlines too, as the
-    # guides' ConfigMaps write lists.
-    as_json = _json_list(raw, where)
-    if as_json is not None:
-        return as_json
-    items = [item.strip() for item in raw.replace("\n", ",").split(",")]
-    return tuple(item for item in items if item)
-
-
-def _requirements(raw: str, where: str) -> tuple[str, ...]:
-    as_json = _json_list(raw, where)
-    if as_json is not None:
-        return as_json
-    # Commas inside extras ("pkg[a,b]==1.0") do not separate requirements.
-    items = [item.strip() for item in re.split(r",(?![^\[]*\])", raw.replace("\n", ","))]
-    return tuple(item for item in items if item)
-
-
-def _seconds(raw: str, where: str) -> float:
-    try:
-        value = float(_text(raw, where))
-    except ValueError:
-        raise UsageError(f"{where}={raw!r} is not a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise UsageError(f"{where}={raw!r} must be a positive number of seconds")
-    return value
-
-
-def _seconds_or_off(raw: str, where: str) -> float:
-    """Seconds, or 0 for "off"."""
-    try:
-        value = float(_text(raw, where))
-    except ValueError:
-        raise UsageError(f"{where}={raw!r} is not a number of seconds (0: off)") from None
-    if not value >= 0 or value == float("inf"):
-        raise UsageError(f"{where}={raw!r} must be a number of seconds, 0 or more (0: off)")
-    return value
-
-
-def _port(raw: str, where: str) -> int:
-    try:
-        value = int(_text(raw, where))
-    except ValueError:
-        raise UsageError(f"{where}={raw!r} is not a port number") from None
-    if not 0 < value < 65536:
-        raise UsageError(f"{where}={raw!r} is not a port number (1-65535)")
-    return value
-
-
-def _choice(*allowed: str) -> Callable[[str, str], str]:
-    def parse(raw: str, where: str) -> str:
-        value = raw.strip().lower()
-        if value not in allowed:
-            raise UsageError(f"{where}={raw!r} is not one of: {', '.join(allowed)}")
-        return value
-
-    return parse
-
-
-def _app(raw: str, where: str) -> str:
-    # Otherwise uvicorn finds out after the install and the migrations, and exits 3:
-    # portal-boot's "signature verification failed".
-    value = _text(raw, where)
-    module, colon, attribute = value.partition(":")
-    if not colon or not all(p.isidentifier() for p in [*module.split("."), *attribute.split(".")]):
-        raise UsageError(
-            f"{where}={raw!r} is not an ASGI app: give module:attribute (e.g. app.main:app)"
-        )
-    return value
-
-
-def _fingerprints(raw: str, where: str) -> tuple[str, ...]:
-    out = []
-    for item in _list(raw, where):
-        fpr = item.replace(" ", "").upper()
-        if len(fpr) != 40 or any(c not in "0123456789ABCDEF" for c in fpr):
-            raise UsageError(
-                f"{where}: {item!r} is not a full 40-hex-digit fingerprint "
-                "(gpg --with-colons --fingerprint shows it)"
-            )
-        out.append(fpr)
-    return tuple(out)
-
-
-def _log_level(raw: str, where: str) -> str:
-    return _choice("debug", "info", "warning", "error", "critical")(raw, where)
-
-
 @dataclasses.dataclass(frozen=True)
 class Option:
     name: str  # the Settings field
@@ -219,63 +87,63 @@ OPTIONS: tuple[Option, ...] = (
         "database_url",
         "--database-url",
         ("PORTAL_BOOT_DATABASE_URL", "DATABASE_URL", "DATABASE_URL_ASYNC"),
-        _text,
+        as_text,
     ),
-    Option("wheel_dir", "--wheel-dir", ("PORTAL_BOOT_WHEEL_DIR",), _path),
-    Option("requirements", "--requirement", ("PORTAL_BOOT_REQUIREMENTS",), _requirements),
-    Option("target", "--target", ("PORTAL_BOOT_TARGET",), _path),
-    Option("trusted_keys", "--trusted-keys", ("PORTAL_BOOT_TRUSTED_KEYS",), _path),
+    Option("wheel_dir", "--wheel-dir", ("PORTAL_BOOT_WHEEL_DIR",), as_path),
+    Option("requirements", "--requirement", ("PORTAL_BOOT_REQUIREMENTS",), as_requirements),
+    Option("target", "--target", ("PORTAL_BOOT_TARGET",), as_path),
+    Option("trusted_keys", "--trusted-keys", ("PORTAL_BOOT_TRUSTED_KEYS",), as_path),
     Option(
         "trusted_fingerprints",
         "--trusted-fingerprint",
         ("PORTAL_BOOT_TRUSTED_FINGERPRINTS",),
-        _fingerprints,
+        as_fingerprints,
     ),
-    Option("signatures", "--signatures", ("PORTAL_BOOT_SIGNATURES",), _choice("require", "off")),
-    Option("alembic_config", "--alembic-config", ("PORTAL_BOOT_ALEMBIC_CONFIG",), _path),
+    Option("signatures", "--signatures", ("PORTAL_BOOT_SIGNATURES",), as_choice("require", "off")),
+    Option("alembic_config", "--alembic-config", ("PORTAL_BOOT_ALEMBIC_CONFIG",), as_path),
     Option(
         "migrations_mode",
         "--migrations-mode",
         ("PORTAL_BOOT_MIGRATIONS_MODE",),
-        _choice("locations", "link", "copy"),
+        as_choice("locations", "link", "copy"),
     ),
     Option(
-        "entry_point_group", "--entry-point-group", ("PORTAL_BOOT_ENTRY_POINT_GROUP",), _text
+        "entry_point_group", "--entry-point-group", ("PORTAL_BOOT_ENTRY_POINT_GROUP",), as_text
     ),
-    Option("db_timeout", "--db-timeout", ("PORTAL_BOOT_DB_TIMEOUT",), _seconds),
-    Option("lock_timeout", "--lock-timeout", ("PORTAL_BOOT_LOCK_TIMEOUT",), _seconds),
+    Option("db_timeout", "--db-timeout", ("PORTAL_BOOT_DB_TIMEOUT",), as_seconds),
+    Option("lock_timeout", "--lock-timeout", ("PORTAL_BOOT_LOCK_TIMEOUT",), as_seconds),
     Option(
         "ddl_lock_timeout",
         "--ddl-lock-timeout",
         ("PORTAL_BOOT_DDL_LOCK_TIMEOUT",),
-        _seconds_or_off,
+        as_seconds_or_off,
     ),
     Option(
         "migration_database_url",
         "--migration-database-url",
         ("PORTAL_BOOT_MIGRATION_DATABASE_URL",),
-        _text,
+        as_text,
     ),
-    Option("app", "--app", ("PORTAL_BOOT_APP",), _app),
-    Option("host", "--host", ("PORTAL_BOOT_HOST",), _text),
-    Option("port", "--port", ("PORTAL_BOOT_PORT",), _port),
-    Option("log_format", "--log-format", ("PORTAL_BOOT_LOG_FORMAT",), _choice("text", "json")),
-    Option("log_level", "--log-level", ("PORTAL_BOOT_LOG_LEVEL",), _log_level),
+    Option("app", "--app", ("PORTAL_BOOT_APP",), as_app),
+    Option("host", "--host", ("PORTAL_BOOT_HOST",), as_text),
+    Option("port", "--port", ("PORTAL_BOOT_PORT",), as_port),
+    Option("log_format", "--log-format", ("PORTAL_BOOT_LOG_FORMAT",), as_choice("text", "json")),
+    Option("log_level", "--log-level", ("PORTAL_BOOT_LOG_LEVEL",), as_log_level),
     Option(
         "enabled_plugins",
         "--enabled-plugins",
         ("PORTAL_BOOT_ENABLED_PLUGINS", "ENABLED_PLUGINS"),
-        _list,
+        as_list,
     ),
     Option(
         "auto_migrate",
         "--auto-migrate",
         ("PORTAL_BOOT_AUTO_MIGRATE", "AUTO_RUN_PLUGIN_MIGRATIONS"),
-        _bool,
+        as_bool,
     ),
 )
 
-OPTIONS += (Option("no_plugins", "--no-plugins", ("PORTAL_BOOT_NO_PLUGINS",), _bool),)
+OPTIONS += (Option("no_plugins", "--no-plugins", ("PORTAL_BOOT_NO_PLUGINS",), as_bool),)
 
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -368,9 +236,9 @@ def _postgres_components(environ: Mapping[str, str]) -> dict[str, tuple[str, str
     """The POSTGRES_* variables set (directly or as ``_FILE``): name -> (value, source)."""
     found = {}
     for var in POSTGRES_VARS:
-        raw = _read_env(Option(var, "", (var,), _text), environ)
+        raw = _read_env(Option(var, "", (var,), as_text), environ)
         if raw is not None:
-            found[var] = (_text(raw[0], raw[1]), raw[1])
+            found[var] = (as_text(raw[0], raw[1]), raw[1])
     return found
 
 
@@ -397,7 +265,7 @@ def _url_from_components(parts: dict[str, tuple[str, str]]) -> str | None:
         username=parts.get("POSTGRES_USER", (None,))[0],
         password=parts.get("POSTGRES_PASSWORD", (None,))[0],
         host=parts["POSTGRES_SERVER"][0],
-        port=_port(*port) if port else None,
+        port=as_port(*port) if port else None,
         database=parts.get("POSTGRES_DB", (None,))[0],
     )
 

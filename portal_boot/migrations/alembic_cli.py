@@ -105,13 +105,13 @@ def run(
     name = fn.__name__
     project = load_project(sources, plugins)
     with contextlib.ExitStack() as stack:
-        config = runner._alembic_config(project, url, _locations(project, stack))  # noqa: SLF001
+        config = runner.alembic_config(project, url, _locations(project, stack))
         config.cmd_opts = options
         config.config_ini_section = options.name
         config.stdout = _Scrubbed()  # type: ignore[assignment]
         if name in WRITES and not getattr(options, "sql", False):
             stack.enter_context(_locked(url, lock_timeout))
-        stack.enter_context(runner._process_state(project))  # noqa: SLF001
+        stack.enter_context(runner.project_state(project))
         log.info("alembic %s (%s)", name, _revision_folders(project))
         arguments: list[Any] = [getattr(options, k, None) for k in positional]
         keywords = {k: getattr(options, k, None) for k in kwarg}
@@ -123,7 +123,7 @@ def _call(
 ) -> None:
     from alembic.util import CommandError
 
-    from portal_boot.migrations.apply import _database_errors
+    from portal_boot.migrations.connections import database_errors as _database_errors
 
     try:
         with _database_errors():
@@ -147,7 +147,7 @@ def _locations(project: Project, stack: contextlib.ExitStack) -> list[Path] | No
     """The version locations ``migrate`` uses; in the ``link``/``copy`` modes, a
     temporary folder of links to this run's files (nothing is placed)."""
     if project.sources.migrations_mode == "locations":
-        return runner._run_locations(project)  # noqa: SLF001
+        return runner.run_locations(project)
     folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="portal-boot-alembic-")))
     for i, file in enumerate(project.files):
         (folder / f"{i:04d}_{file.path.name}").symlink_to(file.path.resolve())
@@ -167,7 +167,8 @@ def _locked(url: str, timeout: float) -> Iterator[None]:
     as long as the command and dies with the process, through a pooler too."""
     from sqlalchemy import text
 
-    from portal_boot.migrations.apply import _connect, _engine
+    from portal_boot.migrations.connections import connect as _connect
+    from portal_boot.migrations.connections import make_engine as _engine
     from portal_boot.migrations.lock import take_xact_lock
 
     engine = _engine(url, purpose="alembic")

@@ -16,17 +16,22 @@ import contextlib
 import dataclasses
 import logging
 import random
-import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from portal_boot.errors import DatabaseError, MigrationError, UsageError
+from portal_boot.errors import DatabaseError, MigrationError
 from portal_boot.logs import summarise
 from portal_boot.migrations import at_heads, ddl, environment_runs, environments, preflight, runner
-from portal_boot.migrations.lock import application_name, migration_lock
-from portal_boot.migrations.locked import pooler_problem
+from portal_boot.migrations.connections import (
+    connect,
+    database_errors,
+    make_engine,
+    sync_url,
+    where_of,
+)
+from portal_boot.migrations.lock import migration_lock
 from portal_boot.migrations.locked import upgrade as locked_upgrade
 from portal_boot.migrations.project import (
     Project,
@@ -38,10 +43,11 @@ from portal_boot.migrations.project import (
 from portal_boot.migrations.project import load as load_project
 from portal_boot.migrations.revisions import RevisionFile
 from portal_boot.migrations.sources import Sources
+from portal_boot.migrations.targets import command_for, sql_command
 from portal_boot.plugins import Plugin
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import Connection
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +111,7 @@ def upgrade(
             )
             environment_runs.log_at_heads(found.environments)
             return
-    url = _sync(url)
+    url = sync_url(url)
     project = load_project(sources, plugins)
     envs = environments.load(plugins)
     log.info(
@@ -123,7 +129,7 @@ def upgrade(
         if own is not None:
             environment_runs.print_sql([own[0]], url, sources.target, *own[1:])
             return
-        command, target = _sql_command(project, to)
+        command, target = sql_command(project, to)
         if command == "downgrade" and files_in_place(project):
             from portal_boot.migrations import removal
 
@@ -132,10 +138,10 @@ def upgrade(
         if plain:
             environment_runs.print_sql(envs, url, sources.target)
         return
-    engine = _engine(url)
+    engine = make_engine(url)
     try:
-        with _database_errors(_where(url)), contextlib.ExitStack() as stack:
-            conn = stack.enter_context(_connect(engine))
+        with database_errors(where_of(url)), contextlib.ExitStack() as stack:
+            conn = stack.enter_context(connect(engine))
             current = current_revisions(conn)
             preflight.check_database(project.graph, current, others=project.others)
             pending_before = project.graph.pending(current) + environment_runs.pending_names(
@@ -223,10 +229,10 @@ def wait_until_at_heads(
         return
     from sqlalchemy.exc import DBAPIError
 
-    url = _sync(url)
+    url = sync_url(url)
     project = load_project(sources, plugins)
     envs = environments.load(plugins)
-    engine = _engine(url, purpose="serve")
+    engine = make_engine(url, purpose="serve")
     deadline = time.monotonic() + timeout
     next_report = time.monotonic()
     pause = 0.1
@@ -250,7 +256,7 @@ def wait_until_at_heads(
             if now >= deadline:
                 if pending is None:
                     raise DatabaseError(
-                        f"the database at {_where(url)} did not answer within {timeout:g} s "
+                        f"the database at {where_of(url)} did not answer within {timeout:g} s "
                         f"({problem}): "
                         "check --database-url / DATABASE_URL, or raise --db-timeout / "
                         "PORTAL_BOOT_DB_TIMEOUT"
@@ -289,12 +295,12 @@ def revision_state(
     )
     if found:
         return RevisionState(found.current, found.heads, (), found.environments)
-    url = _sync(url)
+    url = sync_url(url)
     project = load_project(sources, plugins)
     envs = environments.load(plugins)
-    engine = _engine(url, purpose="status")
+    engine = make_engine(url, purpose="status")
     try:
-        with _database_errors(_where(url)), _connect(engine) as conn:
+        with database_errors(where_of(url)), connect(engine) as conn:
             current = current_revisions(conn)
             own = environment_runs.states(envs, url, conn, sources.target)
     finally:
@@ -325,7 +331,7 @@ def _steps(
             log.info("plugin %s has no revision applied: nothing to remove", plugin.name)
             return None, None
         return steps, None
-    command, target = _command(project, to, current)
+    command, target = command_for(project, to, current)
     if not command:
         log.info(
             "the database has %s and nothing after it on its line: nothing to do "
@@ -340,87 +346,6 @@ def _steps(
     return steps, target
 
 
-def _command(project: Project, to: str | None, current: Sequence[str]) -> tuple[str, str]:
-    """``upgrade``, ``downgrade`` or ``""`` (nothing to do), and the target. A
-    target the database has, with later revisions of its line applied too, is a
-    downgrade."""
-    if to is None:
-        return "upgrade", "heads"
-    target = to.strip()
-    if target in ("heads", "head") or target.endswith(("@head", "@heads")):
-        return "upgrade", target
-    if target == "base" or target.endswith("@base"):
-        return "downgrade", target
-    relative = re.search(r"([+-])\d+$", target)
-    if relative:
-        return ("upgrade" if relative.group(1) == "+" else "downgrade"), target
-    revision = _resolve(project, target)
-    applied = project.graph.applied(current)
-    if revision not in applied:
-        return "upgrade", target
-    if project.graph.later(revision) & applied:
-        return "downgrade", target
-    # Applied, with nothing after it on its own line: Alembic would refuse a
-    # downgrade ("not a valid downgrade target"), and an upgrade does nothing.
-    return "", target
-
-
-def _is_downgrade_syntax(target: str) -> bool:
-    return target == "base" or target.endswith("@base") or bool(re.search(r"-\d+$", target))
-
-
-def _sql_command(project: Project, to: str | None) -> tuple[str, str]:
-    """The offline command: without a database the direction comes from the
-    target alone, or from a ``FROM:TO`` range; a downgrade needs its start."""
-    target = (to or "heads").strip()
-    start, _, destination = target.rpartition(":")
-    if start:
-        if _is_downgrade_syntax(destination):
-            return "downgrade", target
-        down = _resolve(project, destination) in project.graph.applied(
-            [_resolve(project, start)]
-        ) - {_resolve(project, start)}
-        return ("downgrade" if down else "upgrade"), target
-    if not _is_downgrade_syntax(destination):
-        return "upgrade", target
-    if destination.endswith("@base") and destination != "@base":
-        # A plugin branch's whole downgrade starts at that branch's head.
-        return "downgrade", f"{destination[: -len('@base')]}@head:{destination}"
-    if len(project.graph.heads) == 1:
-        return "downgrade", f"heads:{destination}"
-    raise UsageError(
-        f"--sql --to {target}: printing a downgrade needs its starting point: give "
-        f"--to FROM:{destination} with FROM one of the heads "
-        f"({', '.join(project.graph.heads)}), or LABEL@base for one plugin's branch"
-    )
-
-
-def _resolve(project: Project, target: str) -> str:
-    """The revision id ``target`` names, by Alembic's rules (prefix, branch label)."""
-    from alembic.script.revision import Revision, RevisionError, RevisionMap
-
-    revisions = RevisionMap(
-        lambda: [
-            Revision(
-                f.revision, f.down_revisions or None, f.depends_on or None, f.branch_labels or None
-            )
-            for f in project.files
-        ]
-    )
-    try:
-        found = revisions.get_revision(target)
-    except RevisionError as exc:
-        found, why = None, first_line(exc)
-    else:
-        why = "no such revision or branch label"
-    if found is None:
-        raise UsageError(
-            f"--to {target}: {why}; the heads are {', '.join(project.graph.heads) or 'none'} "
-            "(give a revision id, LABEL@base, LABEL@head, heads or base)"
-        )
-    return found.revision
-
-
 def _log_changes(project: Project, before: Sequence[str], after: Sequence[str]) -> None:
     graph = project.graph
     was, now = graph.applied(before), graph.applied(after)
@@ -431,66 +356,3 @@ def _log_changes(project: Project, before: Sequence[str], after: Sequence[str]) 
         if revision in was:
             log.info("reverted %s", project.describe(revision))
     log.info("database now at %s", ", ".join(after) or "no revision (base)")
-
-
-# --- connections ---------------------------------------------------------------
-
-
-def _sync(url: str) -> str:
-    from portal_boot.dburl import to_sync_url
-
-    return to_sync_url(url)
-
-
-def _engine(url: str, purpose: str = "migrate") -> Engine:
-    from sqlalchemy import create_engine, pool
-
-    from portal_boot.dburl import parse
-
-    parsed = parse(url)
-    connect_args: dict[str, Any] = {}
-    if parsed.get_backend_name() == "postgresql" and "application_name" not in parsed.query:
-        connect_args["application_name"] = application_name(purpose)
-    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg":
-        # No server-side prepared statements: through a transaction pooler they stay
-        # on a backend other clients get next ("_pg3_0 already exists").
-        connect_args["prepare_threshold"] = None
-    # NullPool: every connection is really closed when released, none outlives the step.
-    return create_engine(parsed, poolclass=pool.NullPool, connect_args=connect_args)
-
-
-@contextlib.contextmanager
-def _connect(engine: Engine) -> Iterator[Connection]:
-    # No session state (SET) on it: through a transaction pooler it would stay on a
-    # backend other clients get. What the upgrade needs is SET LOCAL (migrations.ddl).
-    where = _where(engine.url.render_as_string(hide_password=False))
-    with _database_errors(where):
-        conn = engine.connect()
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-def _where(url: str) -> str:
-    """host:port/database (or the SQLite file) of ``url``, for messages."""
-    from portal_boot.dburl import sync_components
-
-    return sync_components(url).where()
-
-
-@contextlib.contextmanager
-def _database_errors(where: str = "") -> Iterator[None]:
-    from sqlalchemy.exc import DBAPIError
-
-    try:
-        yield
-    except DBAPIError as exc:
-        pooler = pooler_problem(str(exc.orig or exc))
-        if pooler is not None:
-            raise pooler from None
-        at = f" at {where}" if where else ""
-        raise DatabaseError(
-            f"the database{at} failed: {first_line(exc)}: check that it is up and that "
-            "--database-url / DATABASE_URL is right"
-        ) from None

@@ -194,7 +194,7 @@ def downgrade_environment(
     table stays, as Alembic leaves it). For removing a plugin: call it under the
     migration lock, with the plugin still installed, ``env`` from
     ``environments.load([plugin])`` (empty when the plugin has no environment of its
-    own), ``conn`` a connection of the run (``apply._connect(engine, migrating=True)``).
+    own), ``conn`` a connection of the run (``connections.connect(engine)``).
     Raises MigrationError."""
     state = next(iter(states([env], url, conn, plugin_target)))
     if not state.current:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _alembic_config(project: Project, url: str, locations: Sequence[Path] | None) -> Config:
+def alembic_config(project: Project, url: str, locations: Sequence[Path] | None) -> Config:
     """A fresh Config for one command: the sync URL, and this run's version locations."""
     from alembic.config import Config
 
@@ -51,7 +51,7 @@ def _alembic_config(project: Project, url: str, locations: Sequence[Path] | None
     return config
 
 
-def _run_locations(project: Project) -> list[Path] | None:
+def run_locations(project: Project) -> list[Path] | None:
     if project.sources.migrations_mode != "locations":
         return None  # the files were placed in the versions folder
     from portal_boot.migrations.environments import is_own_environment
@@ -64,7 +64,7 @@ def _run_locations(project: Project) -> list[Path] | None:
     return [*project.app_locations, *(d for d in extra if d not in project.app_locations)]
 
 
-def _process_state(project: Project) -> contextlib.AbstractContextManager[None]:
+def project_state(project: Project) -> contextlib.AbstractContextManager[None]:
     return process_state(project.sources.target)
 
 
@@ -132,7 +132,7 @@ class Session:
         from alembic.script import ScriptDirectory
 
         self.project, self.url, self.placed = project, url, placed
-        self.config = _alembic_config(project, url, _run_locations(project))
+        self.config = alembic_config(project, url, run_locations(project))
         try:
             self.script: ScriptDirectory = ScriptDirectory.from_config(self.config)
             self.script.revision_map.heads  # noqa: B018 - load every revision file now
@@ -257,7 +257,7 @@ def session(
     project: Project, url: str, *, placed: dict[Path, RevisionFile]
 ) -> Iterator[Session]:
     """A :class:`Session`, with the process state loading the revisions needs."""
-    with _process_state(project):
+    with project_state(project):
         yield Session(project, url, placed)
 
 
@@ -322,7 +322,7 @@ def print_sql(project: Project, url: str, command_name: str, target: str) -> Non
     from alembic import command
 
     with contextlib.ExitStack() as stack:
-        locations = _run_locations(project)
+        locations = run_locations(project)
         if project.sources.migrations_mode != "locations":
             # Show what link/copy would place, without writing into the versions
             # folder: a temporary folder of links to this run's revision files.
@@ -332,8 +332,8 @@ def print_sql(project: Project, url: str, command_name: str, target: str) -> Non
             for i, file in enumerate(project.files):
                 (folder / f"{i:04d}_{file.path.name}").symlink_to(file.path.resolve())
             locations = [folder]
-        config = _alembic_config(project, url, locations)
-        stack.enter_context(_process_state(project))
+        config = alembic_config(project, url, locations)
+        stack.enter_context(project_state(project))
         try:
             getattr(command, command_name)(config, target, sql=True)
         except Exception as exc:
