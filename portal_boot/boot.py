@@ -138,9 +138,8 @@ def alembic(settings: Settings, argv: Sequence[str]) -> None:
     revisions, with the sync URL (never printed) and, for the commands that change the
     database, the migration lock."""
     from portal_boot import migrations
-    from portal_boot.migrations.alembic_cli import parse
 
-    if parse(argv) is None:  # Alembic printed its help: needs no database
+    if not migrations.alembic_wants_database(argv):  # Alembic printed its help
         return
     migrations.alembic(settings, enabled_plugins(settings), url=sync_url(settings), argv=argv)
 
@@ -148,7 +147,7 @@ def alembic(settings: Settings, argv: Sequence[str]) -> None:
 @contextlib.contextmanager
 def _blaming_the_migration_url(blame: bool = True) -> Iterator[None]:
     """Errors about PORTAL_BOOT_MIGRATION_DATABASE_URL name it, not the database URL."""
-    from portal_boot.database.verdicts import FIX_URL
+    from portal_boot.database import FIX_URL
     from portal_boot.errors import BootError
 
     try:

@@ -119,7 +119,7 @@ def _wheels(settings: Settings, report: Report) -> None:
 
 def _plugins(settings: Settings, report: Report) -> list[Any]:
     from portal_boot import wheels
-    from portal_boot.migrations.environments import is_own_environment
+    from portal_boot.migrations import has_own_environment
     from portal_boot.plugins import discover_installed, select
 
     generation = wheels.current_generation(settings.target)
@@ -142,7 +142,7 @@ def _plugins(settings: Settings, report: Report) -> list[Any]:
                 "distribution": plugin.distribution,
                 "version": plugin.version,
                 "migrations": str(plugin.migrations_dir) if plugin.migrations_dir else None,
-                "own_environment": is_own_environment(plugin),
+                "own_environment": has_own_environment(plugin),
                 "enabled": plugin in enabled,
             }
         )

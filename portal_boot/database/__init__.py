@@ -9,6 +9,7 @@ attempt means). The URL itself is :mod:`portal_boot.dburl`, shared by every stag
 
 from __future__ import annotations
 
+from portal_boot.database.verdicts import FIX_URL
 from portal_boot.database.wait import check_url, wait_for_database
 
-__all__ = ["check_url", "wait_for_database"]
+__all__ = ["FIX_URL", "check_url", "wait_for_database"]

@@ -25,7 +25,15 @@ if TYPE_CHECKING:
     from portal_boot.migrations.apply import RevisionState
     from portal_boot.plugins import Plugin
 
-__all__ = ["alembic", "migrate", "revision_state", "sources_from", "wait_until_at_heads"]
+__all__ = [
+    "alembic",
+    "alembic_wants_database",
+    "has_own_environment",
+    "migrate",
+    "revision_state",
+    "sources_from",
+    "wait_until_at_heads",
+]
 
 
 def sources_from(settings: Settings) -> Sources:
@@ -93,3 +101,19 @@ def alembic(
     alembic_cli.run(
         sources_from(settings), plugins, url=url, argv=argv, lock_timeout=settings.lock_timeout
     )
+
+
+def alembic_wants_database(argv: Sequence[str]) -> bool:
+    """Whether ``portal-boot alembic ARGS`` runs a command (False: Alembic printed its
+    help or usage, which needs no database)."""
+    from portal_boot.migrations import alembic_cli
+
+    return alembic_cli.parse(argv) is not None
+
+
+def has_own_environment(plugin: Plugin) -> bool:
+    """Whether ``plugin`` brings its own Alembic environment (an env.py in its
+    migration folder), for ``status``."""
+    from portal_boot.migrations.environments import is_own_environment
+
+    return is_own_environment(plugin)
