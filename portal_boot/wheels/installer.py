@@ -141,8 +141,9 @@ def install(request: Request, *, target: Path, lock_timeout: float) -> InstallRe
         if same:
             return _noop(target, current, state, started, why)
         log.debug("install: staging and verifying: %s", why)
+    timings: dict[str, float] = {}  # seconds per step, logged at debug level
     with staging.folder() as folder:
-        prepared = staging.prepare(request, folder)
+        prepared = staging.prepare(request, folder, timings)
         wheels = prepared.wheels
         digest = noop.set_digest([wheel for _, wheel in wheels])
         verified = _verification(request, prepared, pins)
@@ -167,7 +168,7 @@ def install(request: Request, *, target: Path, lock_timeout: float) -> InstallRe
                 "wheels": [dataclasses.asdict(wheel) for _, wheel in wheels],
             }
             generation = build_generation(
-                target, wheels, new_state, requirements=request.requirements
+                target, wheels, new_state, requirements=request.requirements, timings=timings
             )
             gens.prune(target, {generation, *([current] if current else [])})
     for _, wheel in wheels:
@@ -179,6 +180,11 @@ def install(request: Request, *, target: Path, lock_timeout: float) -> InstallRe
             wheel.signer or "nobody (signatures off)",
         )
     seconds = time.monotonic() - started
+    log.debug(
+        "install: timings %s total=%dms",
+        " ".join(f"{step}={round(t * 1000)}ms" for step, t in timings.items()),
+        round(seconds * 1000),
+    )
     log.info(
         "install: %d wheel%s into generation %s in %d ms",
         len(wheels),

@@ -21,6 +21,7 @@ import logging
 import shutil
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -218,11 +219,19 @@ class Prepared:
     verified: list[Verified]  # empty with --signatures off
 
 
-def prepare(request: Request, staging: Path) -> Prepared:
-    """Stage, verify and inspect every wheel.
-    Raises SignatureError, UsageError or InstallError; writes only into ``staging``."""
+def prepare(
+    request: Request, staging: Path, timings: dict[str, float] | None = None
+) -> Prepared:
+    """Stage, verify and inspect every wheel; the seconds each step took go into
+    ``timings``. Raises SignatureError, UsageError or InstallError; writes only into
+    ``staging``."""
+    timings = {} if timings is None else timings
+    started = time.monotonic()
     staged = stage(request, staging)
+    timings["stage"] = time.monotonic() - started
     results = verify(request, list(staged))
+    timings["verify"] = time.monotonic() - started - timings["stage"]
+    started = time.monotonic()
     supported = _supported_tags()
     wheels = []
     seen: dict[str, str] = {}
@@ -235,4 +244,5 @@ def prepare(request: Request, staging: Path) -> Prepared:
             )
         seen[wheel.name] = wheel.file
         wheels.append((path, wheel))
+    timings["inspect"] = time.monotonic() - started
     return Prepared(wheels, staged, [item for item in results.values() if item is not None])
