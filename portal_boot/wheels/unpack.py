@@ -234,8 +234,8 @@ def _destination(schemes: dict[str, str], compiler: _Compiler | None) -> Any:
             self, scheme: Any, path: str, stream: BinaryIO, is_executable: bool
         ) -> Any:
             root = os.path.abspath(self.scheme_dict[scheme])
-            target = os.path.abspath(os.path.join(root, path))
-            if os.path.commonpath([root, target]) != root:
+            target = os.path.abspath(os.path.join(root, path))  # ".." resolved
+            if not target.startswith(root + os.sep):
                 raise ValueError(f"Attempting to write {path} outside of the target directory")
             folder = os.path.dirname(target)
             if folder not in dirs:
