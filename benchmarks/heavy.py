@@ -7,13 +7,13 @@
       an empty cache (a fresh ``UV_CACHE_DIR`` every round, as a new pod has).
 
 The set: a small plugin wheel requiring boto3, pandas and pyarrow, plus those and their
-dependencies, pinned (12 wheels from PyPI for CPython 3.11 manylinux x86_64, ~99 MB,
-~300 MB unpacked), all signed with a throwaway key. The wheels are fetched once into
+dependencies, pinned (12 wheels from PyPI for CPython 3.11 manylinux x86_64; 13 wheels,
+103 MB, 351 MB installed), all signed with a throwaway key. The wheels are fetched once into
 ``.cache/heavy-wheels`` (gitignored) and checked against the pinned sha256s; uv is
 installed once into ``.cache/heavy-tools`` unless the venv already has it. After that
 nothing uses the network.
 
-    .venv/bin/python benchmarks/heavy.py                 # 5 rounds (~2-3 minutes here)
+    .venv/bin/python benchmarks/heavy.py                 # 5 rounds + a warm-up (~5 minutes here)
     .venv/bin/python benchmarks/heavy.py --runs 7 --json heavy.json
     .venv/bin/python benchmarks/heavy.py --fetch-only    # fill the cache and stop
 
