@@ -408,7 +408,13 @@ def _parallel(
             # A SIGTERM between the fork and the bookkeeping would leave a worker that
             # nobody stops: held back until the pid is recorded.
             with proc.signals_deferred():
-                pid = os.fork()
+                try:
+                    pid = os.fork()
+                except OSError as exc:  # EAGAIN: a process limit (pids.max) reached
+                    raise InstallError(
+                        f"cannot start a process to unpack the wheels ({exc.strerror}): "
+                        "raise the container's process limit"
+                    ) from None
                 if pid == 0:
                     ours.close()
                     _worker(theirs, me, order, build, compile_)
