@@ -4,8 +4,9 @@ The stage's entry functions, over the settings; everything in this package below
 them takes a :class:`~portal_boot.wheels.request.Request` or plain values. Reading
 order: :mod:`.installer` (the driver), :mod:`.staging` (what is verified is what is
 installed), :mod:`.signatures` and :mod:`.keyring` (gpg), :mod:`.unchanged` (proving
-a warm install is a no-op), :mod:`.build` (unpack, compile, :mod:`.requirements`),
-:mod:`.generations` (the atomic switch), :mod:`.index` (downloads from an index).
+a warm install is a no-op), :mod:`.build` (a generation: :mod:`.unpack` unpacks and compiles on every core,
+:mod:`.requirements` checks), :mod:`.generations` (the atomic switch), :mod:`.index`
+(downloads from an index).
 """
 
 from __future__ import annotations
