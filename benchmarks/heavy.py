@@ -46,10 +46,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO / "tests")]
 
-import harness  # noqa: E402
-import plugins as generated  # noqa: E402
-from harness import Reaper, median  # noqa: E402
-from workspace import _compile, say  # noqa: E402
+import harness
+import plugins as generated
+from harness import Reaper, median
+from workspace import _compile, say
 
 CACHE = REPO / ".cache" / "heavy-wheels"
 TOOLS = REPO / ".cache" / "heavy-tools"
@@ -86,7 +86,7 @@ PINS = (
 
 VARIANTS = {"a": "portal-boot install", "b": "pip --target", "c": "uv --target (cold cache)"}
 # portal-boot's debug line with its step timings (portal_boot/install.py).
-_STEPS = re.compile(r"install: timings (.*)$", re.M)
+_STEPS = re.compile(r"install: timings (.*)$", re.MULTILINE)
 _STEP = re.compile(r"(\w+)=(\d+)ms")
 
 
@@ -406,7 +406,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--fetch-only", action="store_true")
     parser.add_argument(
-        "--workdir", type=Path, default=Path(tempfile.gettempdir()),
+        "--workdir",
+        type=Path,
+        default=Path(tempfile.gettempdir()),
         help="where the targets (and uv's cache) are made (default: the system temp)",
     )
     parser.add_argument("--keep-log", type=Path, help="write the last portal-boot log here")
@@ -426,7 +428,7 @@ def main() -> int:
         variants = [v for v in VARIANTS if v in args.only]
         results = Results()
         for round_ in range(-args.warmup, args.runs):
-            order = variants[round_ % len(variants):] + variants[: round_ % len(variants)]
+            order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
             line = []
             for variant in order:
                 run = heavy.once(variant, str(round_))

@@ -219,9 +219,7 @@ class Prepared:
     verified: list[Verified]  # empty with --signatures off
 
 
-def prepare(
-    request: Request, staging: Path, timings: dict[str, float] | None = None
-) -> Prepared:
+def prepare(request: Request, staging: Path, timings: dict[str, float] | None = None) -> Prepared:
     """Stage, verify and inspect every wheel; the seconds each step took go into
     ``timings``. Raises SignatureError, UsageError or InstallError; writes only into
     ``staging``."""

@@ -233,9 +233,7 @@ def _destination(schemes: dict[str, str], compiler: _Compiler | None) -> Any:
         """Files are created with O_EXCL (a clash is found even when two workers write
         the same path at once); a ``.py`` file is compiled as soon as it is written."""
 
-        def write_to_fs(
-            self, scheme: Any, path: str, stream: BinaryIO, is_executable: bool
-        ) -> Any:
+        def write_to_fs(self, scheme: Any, path: str, stream: BinaryIO, is_executable: bool) -> Any:
             root = os.path.abspath(self.scheme_dict[scheme])
             target = os.path.abspath(os.path.join(root, path))  # ".." resolved
             if not target.startswith(root + os.sep):
