@@ -248,9 +248,16 @@ def test_install_error_names_the_wheel_that_failed(plugin_wheels, tmp_path):
 
 def _children(pid: int) -> list[int]:
     out = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as fh:
-            out += [int(c) for c in fh.read().split()]
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:  # the process is gone
+        return out
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                out += [int(c) for c in fh.read().split()]
+        except FileNotFoundError:  # a thread (python-gnupg's reader) just ended
+            continue
     return out
 
 
