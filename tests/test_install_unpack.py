@@ -236,11 +236,15 @@ def test_install_error_names_the_wheel_that_failed(plugin_wheels, tmp_path):
     build = tmp_path / "build"
     build.mkdir()
     paths = [plugin_wheels.big, plugin_wheels.alpha_v1, bad]
+    # The test process may have children of its own (a PostgreSQL or PgBouncer that
+    # session fixtures started): only the workers started by this call count.
+    before = set(_children(os.getpid()))
     with pytest.raises(InstallError, match=f"{bad.name} cannot be installed"):
         unpack.install_wheels(
             [unpack.Wheel(p, p.name.split("-")[0], p.name) for p in paths], build, workers=2
         )
-    assert not [p for p in _children(os.getpid()) if _alive(p)], "a worker outlived the error"
+    left = [p for p in _children(os.getpid()) if p not in before and _alive(p)]
+    assert not left, f"a worker outlived the error: {[_cmdline(p) for p in left]}"
 
 
 # --- workers die with the install ------------------------------------------------------------
