@@ -70,3 +70,23 @@ def gpg_keys() -> Iterator[gpgkeys.KeySet]:
         yield keys
     finally:
         keys.close()
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    """A copy of the example portal's application (its alembic.ini), free to change."""
+    from test_migrations_support import copy_example
+
+    return copy_example(tmp_path / "portal")
+
+
+@pytest.fixture
+def both(tmp_path: Path) -> Path:
+    """A plugin target holding the s3 and snowflake test plugins (files, not wheels)."""
+    from test_migrations_support import s3_plugin, snowflake_plugin
+
+    target = tmp_path / "target"
+    target.mkdir(exist_ok=True)
+    s3_plugin(target)
+    snowflake_plugin(target)
+    return target

@@ -17,7 +17,6 @@ from boot_support import until
 from cli_helpers import assert_one_line_failure, portal_boot
 from sqlalchemy.engine import make_url
 from test_migrations_support import (
-    copy_example,
     install_plugin,
     migrate_args,
     query,
@@ -38,11 +37,6 @@ op.execute("INSERT INTO migration_log VALUES ('audit_0001', pg_backend_pid())")
 op.execute(f"SELECT pg_sleep({float(os.environ.get('AUDIT_SLEEP', '0'))})")
 """
 AUDIT_0002 = "op.execute(\"INSERT INTO migration_log VALUES ('audit_0002', pg_backend_pid())\")"
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Path:
-    return copy_example(tmp_path / "portal")
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_one_line_failure, portal_boot
 from test_migrations_support import (
-    copy_example,
     create_table,
     current,
     drop_table,
@@ -95,11 +94,6 @@ def lake_revisions(**extra: str) -> dict[str, str]:
 def lake_plugin(target: Path, env: str | None = None, **files: str):
     """An own-environment plugin without alembic.ini, revisions beside env.py."""
     return install_plugin(target, "lake_plugin", {"env.py": env or env_py(), **lake_revisions(), **files})
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Path:
-    return copy_example(tmp_path / "portal")
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import pytest
 from cli_helpers import assert_one_line_failure, portal_boot
 from sqlalchemy.engine import make_url
 from test_migrations_support import (
-    copy_example,
     create_table,
     current,
     migrate_args,
@@ -28,11 +27,6 @@ from portal_boot.migrations import at_heads, project, revisions
 
 FAST = "(checked without Alembic)"
 HEADS = {"s3_0002", "snowflake_0001"}
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Path:
-    return copy_example(tmp_path / "portal")
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import pytest
 from cli_helpers import assert_one_line_failure, portal_boot
 from test_migrations_support import (
     GROUP,
-    copy_example,
     create_table,
     current,
     install_example_plugin,
@@ -36,11 +35,6 @@ from portal_boot.plugins import discover
 CORE = {"portal_settings", "data_products", "alembic_version"}
 S3 = {"s3_buckets", "s3_objects"}
 SNOWFLAKE = {"snowflake_warehouses"}
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Path:
-    return copy_example(tmp_path / "portal")
 
 
 @pytest.fixture

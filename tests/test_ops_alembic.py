@@ -14,25 +14,11 @@ import psycopg
 import pytest
 from cli_helpers import assert_one_line_failure, portal_boot
 from sqlalchemy.engine import make_url
-from test_migrations_support import copy_example, migrate_args, s3_plugin, snowflake_plugin, tables
+from test_migrations_support import migrate_args, tables
 
 from portal_boot.migrations.lock import LOCK_KEY
 
 S3 = {"s3_buckets", "s3_objects"}
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Path:
-    return copy_example(tmp_path / "portal")
-
-
-@pytest.fixture
-def both(tmp_path: Path) -> Path:
-    target = tmp_path / "target"
-    target.mkdir()
-    s3_plugin(target)
-    snowflake_plugin(target)
-    return target
 
 
 @pytest.fixture

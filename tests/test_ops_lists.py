@@ -8,28 +8,11 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_one_line_failure, portal_boot
 from test_migrations_support import (
-    copy_example,
     migrate_args,
-    s3_plugin,
-    snowflake_plugin,
     tables,
 )
 
 CORE = {"portal_settings", "data_products", "alembic_version"}
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Path:
-    return copy_example(tmp_path / "portal")
-
-
-@pytest.fixture
-def both(tmp_path: Path) -> Path:
-    target = tmp_path / "target"
-    target.mkdir()
-    s3_plugin(target)
-    snowflake_plugin(target)
-    return target
 
 
 @pytest.mark.parametrize(

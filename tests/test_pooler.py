@@ -17,7 +17,7 @@ from cli_helpers import assert_one_line_failure, portal_boot
 from pgbouncer import PgBouncer, binary
 from pgserver import PgServer, free_port
 from sqlalchemy.engine import make_url
-from test_migrations_support import copy_example, install_plugin, migrate_args, query, revision
+from test_migrations_support import install_plugin, migrate_args, query, revision
 from test_run import PORTAL, boot_env, start, stop, wait_http
 
 from portal_boot.migrations.lock import LOCK_KEY
@@ -50,11 +50,6 @@ def bouncer(pg_server: PgServer) -> Iterator[PgBouncer]:
         yield pooler
     finally:
         pooler.close()
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Path:
-    return copy_example(tmp_path / "portal")
 
 
 def _audit_plugin(target: Path, **more: str) -> None:
